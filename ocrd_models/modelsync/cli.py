@@ -1,0 +1,411 @@
+"""The ``modelsync`` command line: parses, calls the library, renders. No logic of its own."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import EXIT_CHANGES_PENDING, EXIT_CHECKSUM, EXIT_INTERRUPTED, EXIT_USER_INPUT, ModelsyncError
+from .settings import MANIFEST_NAME
+
+app = typer.Typer(
+    name="modelsync",
+    help=(
+        "Declarative, lockfile-driven installer for OCR-D processor models.\n\n"
+        "Declare models per processor in models.toml, run `modelsync sync`: every model is installed where its "
+        "processor looks for it, verified by SHA-256, and models.lock records the exact bytes."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ManifestOpt = Annotated[Path, typer.Option(
+    "--manifest", "-m", envvar="MODELSYNC_MANIFEST", help="models.toml to use; models.lock is written beside it.",
+    show_default=True)]
+MirrorOpt = Annotated[Optional[list[str]], typer.Option(
+    "--mirror", help="PREFIX=REPLACEMENT: fetch URLs starting with PREFIX from REPLACEMENT instead (repeatable; "
+                     "overrides [settings.mirrors] and $MODELSYNC_MIRRORS).")]
+ParallelOpt = Annotated[Optional[int], typer.Option(
+    "--parallel", "-j", min=1, max=64, help="Parallel downloads (default: settings.parallel, 4).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
+PruneOpt = Annotated[bool, typer.Option(
+    "--prune", help="Also remove resources that models.lock has but models.toml no longer declares "
+                    "(only files modelsync installed and nobody changed).")]
+UpgradeOpt = Annotated[bool, typer.Option(
+    "--upgrade", help="Ignore models.lock and fetch every resource again (accept new bytes at moving URLs).")]
+UpgradeModelOpt = Annotated[Optional[list[str]], typer.Option(
+    "--upgrade-model", help="Like --upgrade for one model: NAME or PROCESSOR:NAME (repeatable).")]
+
+
+def _project(manifest: Path, mirror: list[str] | None, parallel: int | None, progress=None):
+    from .project import Project
+    from .settings import Environment, parse_mirror_pairs
+
+    kwargs = {}
+    if progress is not None:
+        kwargs["progress"] = progress
+    return Project(manifest, Environment.from_os(), extra_mirrors=parse_mirror_pairs(mirror or []),
+                   parallel=parallel, **kwargs)
+
+
+def _progress(json_out: bool):
+    """Bars on an interactive terminal, plain lines in CI, pipes and --json runs."""
+    from . import render
+    from .settings import Environment
+
+    if sys.stderr.isatty() and not json_out and not Environment.from_os().is_ci and os.environ.get("TERM") != "dumb":
+        bars = render.BarProgress()
+        return bars, bars
+    return render.PlainProgress(), nullcontext()
+
+
+def _upgrade_keys(project, upgrade: bool, models: list[str] | None):
+    if upgrade:
+        return True
+    if not models:
+        return False
+    keys = set()
+    wanted = project.wanted()
+    for spec in models:
+        proc, sep, name = spec.rpartition(":")
+        match = {w.key for w in wanted if w.name == name and (not sep or w.processor == proc)}
+        if not match:
+            from .errors import UserInputError
+
+            raise UserInputError(f"--upgrade-model {spec!r} matches no declared model")
+        keys |= match
+    return keys
+
+
+def _plan_doc(plan) -> dict:
+    return {
+        "changes": len(plan.changes),
+        "actions": [{
+            "action": a.kind, "processor": a.processor, "name": a.name, "reason": a.reason,
+            "path": str(a.target), "location": a.location_label,
+            "url": a.wanted.url if a.wanted else None, "warnings": list(a.warnings),
+        } for a in plan.actions],
+    }
+
+
+def _render_plan(plan, title: str) -> None:
+    from . import render
+
+    rows = [(a.kind, a.processor, a.name, a.location_label, a.reason) for a in plan.actions]
+    if rows:
+        render.table(title, ["action", "processor", "name", "location", "reason"], rows)
+    for a in plan.actions:
+        for w in a.warnings:
+            render.warn(f"{a.processor} {a.name}: {w}")
+    counts = {k: plan.count(k) for k in ("install", "update", "keep", "remove")}
+    render.err.print(", ".join(f"{v} to {k}" for k, v in counts.items() if v) or "nothing declared",
+                     markup=False, highlight=False)
+
+
+@app.command()
+def init(
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Create a commented models.toml template.
+
+    Example: modelsync init && modelsync add ocrd-tesserocr-recognize deu.traineddata
+    """
+    from . import edit, render
+
+    edit.init(manifest, force=force)
+    render.err.print(f"wrote {manifest}; declare models with `modelsync add PROCESSOR NAME`", markup=False)
+
+
+@app.command()
+def add(
+    processor: Annotated[str, typer.Argument(help="Processor executable, e.g. ocrd-tesserocr-recognize.")],
+    names: Annotated[list[str], typer.Argument(help="Model names (registry names, or '*' for all known).")],
+    url: Annotated[Optional[str], typer.Option(help="Your own model: http(s) URL, file:// URL or local path.")] = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Pin the SHA-256 of the download.")] = None,
+    type: Annotated[Optional[str], typer.Option("--type", help="file | archive | directory.")] = None,
+    path_in_archive: Annotated[Optional[str], typer.Option(help="Archive member to install ('.' = all).")] = None,
+    location: Annotated[Optional[str], typer.Option(help="cwd | data | system | module | a directory.")] = None,
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+) -> None:
+    """Declare models in models.toml (comments and layout are kept).
+
+    Names are checked against the known resources (with "did you mean"); with --url the
+    name is yours to choose.
+
+    Examples:
+      modelsync add ocrd-tesserocr-recognize deu.traineddata frk.traineddata
+      modelsync add ocrd-calamari-recognize mine --url ./out/model.tar.gz --type archive
+    """
+    from . import edit, render
+    from .errors import UserInputError
+    from .registry import Registry
+    from .resolve import unknown_name, unknown_processor
+    from .settings import Environment
+
+    if url and len(names) != 1:
+        raise UserInputError("--url declares one model: give exactly one name")
+    if not url:
+        reg = Registry.load(Environment.from_os())
+        from . import processors
+
+        reg.add_processor_answers(processors.dump_many([processor], Environment.from_os()))
+        for n in names:
+            if n == "*":
+                if not reg.knows_processor(processor):
+                    raise unknown_processor(reg, processor)
+            elif reg.lookup(processor, n) is None:
+                raise (unknown_processor(reg, processor) if not reg.knows_processor(processor)
+                       else unknown_name(reg, processor, n))
+    specs = [{"name": n, "url": url, "sha256": sha256, "type": type, "path_in_archive": path_in_archive,
+              "location": location} for n in names]
+    added = edit.add(manifest, processor, specs)
+    render.err.print(f"{manifest}: {processor}: added {', '.join(added) or 'nothing new (updated)'}; "
+                     "run `modelsync sync` to install", markup=False)
+
+
+@app.command()
+def remove(
+    processor: Annotated[str, typer.Argument(help="Processor executable.")],
+    names: Annotated[Optional[list[str]], typer.Argument(help="Models to remove; none = the whole processor.")] = None,
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+) -> None:
+    """Remove models from models.toml (comments and layout are kept).
+
+    Installed files stay; `modelsync sync --prune` deletes the ones modelsync installed.
+
+    Example: modelsync remove ocrd-tesserocr-recognize frk.traineddata
+    """
+    from . import edit, render
+
+    removed = edit.remove(manifest, processor, names or [])
+    render.err.print(f"{manifest}: {processor}: removed {', '.join(removed)}", markup=False)
+
+
+@app.command()
+def lock(
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+    mirror: MirrorOpt = None,
+    parallel: ParallelOpt = None,
+    upgrade: UpgradeOpt = False,
+    upgrade_model: UpgradeModelOpt = None,
+) -> None:
+    """Write models.lock without installing anything.
+
+    Checksums come from the existing lock, from copies already installed, or from a
+    download that is verified and then discarded.
+
+    Example: modelsync lock && git add models.toml models.lock
+    """
+    from . import render
+
+    prog, ctx = _progress(False)
+    with ctx:
+        project = _project(manifest, mirror, parallel, prog)
+        result = project.lock(upgrade=_upgrade_keys(project, upgrade, upgrade_model))
+    render.err.print(f"{result.lock_path}: {len(result.lock.entries)} resources "
+                     f"({'written' if result.lock_written else 'unchanged'})", markup=False)
+
+
+@app.command()
+def sync(
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+    mirror: MirrorOpt = None,
+    parallel: ParallelOpt = None,
+    prune: PruneOpt = False,
+    upgrade: UpgradeOpt = False,
+    upgrade_model: UpgradeModelOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Install every declared model where its processor finds it, verified, and update models.lock.
+
+    Downloads run in parallel into temp files beside their destination, are verified
+    against the lock (or the sha256 pinned in models.toml), and renamed into place; an
+    existing model is only replaced after its replacement is verified. Models already
+    present (installed by modelsync, `ocrd resmgr` or by hand) are not fetched again.
+
+    Examples:
+      modelsync sync
+      modelsync sync --mirror https://github.com/=https://proxy.example.org/github/
+    """
+    from . import render
+    from .errors import SyncFailed
+
+    prog, ctx = _progress(json_out)
+    with ctx:
+        project = _project(manifest, mirror, parallel, prog)
+        plan = project.plan(prune=prune, upgrade=_upgrade_keys(project, upgrade, upgrade_model))
+        try:
+            result = project.sync(plan=plan)
+            failures, outcomes, lock_written = [], result.outcomes, result.lock_written
+        except SyncFailed as err:
+            failures, outcomes, lock_written = err.failures, None, None
+            if json_out:
+                render.emit_json({"ok": False, **_plan_doc(plan),
+                                  "failures": [{"processor": f.processor, "name": f.name, "error": str(f.error),
+                                                "exit_code": f.error.exit_code} for f in err.failures]})
+            raise
+    if json_out:
+        render.emit_json({"ok": True, **_plan_doc(plan), "lock_written": lock_written,
+                          "lock": str(project.lock_path)})
+        return
+    for a in plan.actions:
+        for w in a.warnings:
+            render.warn(f"{a.processor} {a.name}: {w}")
+    done = {k: plan.count(k) for k in ("install", "update", "keep", "remove")}
+    render.err.print(f"installed {done['install']}, updated {done['update']}, kept {done['keep']}"
+                     + (f", removed {done['remove']}" if done["remove"] else "")
+                     + f"; {project.lock_path.name} {'written' if lock_written else 'unchanged'}",
+                     markup=False, highlight=False)
+    del failures, outcomes
+
+
+@app.command()
+def plan(
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+    prune: PruneOpt = False,
+    json_out: JsonOpt = False,
+    check: Annotated[bool, typer.Option("--check", help=f"Exit {EXIT_CHANGES_PENDING} if anything would change.")]
+    = False,
+) -> None:
+    """Show what `sync` would do, with a reason per resource; change nothing.
+
+    Example: modelsync plan
+    """
+    from .errors import ChangesPending
+
+    project = _project(manifest, None, None)
+    p = project.plan(prune=prune)
+    if json_out:
+        from . import render
+
+        render.emit_json(_plan_doc(p))
+    else:
+        _render_plan(p, "plan")
+    if check and p.changes:
+        raise ChangesPending(f"{len(p.changes)} change(s) pending; run `modelsync sync`")
+
+
+@app.command()
+def status(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = False) -> None:
+    """Declared vs locked vs installed, per resource.
+
+    States: ok (installed, matches the lock), missing, modified (differs from the lock),
+    unlocked (installed but not yet locked), undeclared (locked, no longer declared).
+
+    Example: modelsync status
+    """
+    from . import render
+
+    rows = _project(manifest, None, None).status()
+    if json_out:
+        render.emit_json({"resources": rows})
+        return
+    render.table("status", ["processor", "name", "location", "locked", "state", "path"],
+                 [(r.processor, r.name, r.location, r.locked, r.state, r.path or "") for r in rows])
+    for r in rows:
+        for w in r.warnings:
+            render.warn(f"{r.processor} {r.name}: {w}")
+
+
+@app.command()
+def verify(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = False) -> None:
+    """Re-hash every locked resource where its processor finds it (ignores cached stat info).
+
+    Exits 4 if any resource is missing or differs from models.lock.
+
+    Example: modelsync verify
+    """
+    from . import render
+
+    rows = _project(manifest, None, None).verify()
+    bad = [r for r in rows if not r.ok]
+    if json_out:
+        render.emit_json({"ok": not bad, "resources": rows})
+    else:
+        render.table("verify", ["processor", "name", "result", "path", "detail"],
+                     [(r.processor, r.name, "ok" if r.ok else "FAILED", r.path or "", r.detail) for r in rows])
+    if bad:
+        raise typer.Exit(EXIT_CHECKSUM)
+
+
+@app.command()
+def available(
+    processor: Annotated[Optional[str], typer.Argument(help="Only this processor.")] = None,
+    json_out: JsonOpt = False,
+    no_processors: Annotated[bool, typer.Option(
+        "--no-processors", help="Do not ask installed processors (--dump-json); bundled index and user db only.")]
+    = False,
+) -> None:
+    """List known resources with size (as declared: a hint) and source.
+
+    Example: modelsync available ocrd-calamari-recognize
+    """
+    from . import render
+    from .catalog import available as list_available
+    from .resolve import unknown_processor
+    from .settings import Environment
+
+    reg, entries = list_available(Environment.from_os(), processor, ask_processors=not no_processors)
+    if processor and not reg.knows_processor(processor):
+        raise unknown_processor(reg, processor)
+    if json_out:
+        render.emit_json({"resources": entries})
+        return
+    render.table(None, ["processor", "name", "type", "size", "source", "url"],
+                 [(e.processor, e.name, e.type, render.human_size(e.size), e.source, e.url) for e in entries])
+
+
+@app.command("list-installed")
+def list_installed(json_out: JsonOpt = False) -> None:
+    """List resources present in OCR-D's data, system and module locations.
+
+    "ours" marks files modelsync installed (verified = unchanged since).
+
+    Example: modelsync list-installed
+    """
+    from . import render
+    from .catalog import list_installed as scan
+    from .settings import Environment
+
+    rows = scan(Environment.from_os(), Path.cwd())
+    if json_out:
+        render.emit_json({"resources": rows})
+        return
+    render.table(None, ["processor", "name", "location", "size", "known", "ours", "path"],
+                 [(r.processor, r.name, r.location, render.human_size(r.size), "yes" if r.known else "no",
+                   r.recorded or "-", r.path) for r in rows])
+
+
+def main() -> None:
+    """Console entry point: one message and one documented exit code per error."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except ModelsyncError as err:
+        from . import render
+
+        render.error(str(err))
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; temporary files were removed, nothing half-written remains\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.ClickException as err:
+        err.show()
+        sys.exit(EXIT_USER_INPUT if err.exit_code == 2 else err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Typed errors. Each class carries its exit code; the CLI prints ``str(err)`` and exits.
+
+Messages are complete paragraphs: what went wrong, where, and what to do next.
+Classes also subclass the closest stdlib type so library users can catch them naturally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The exit-code table, documented in README.md ("Exit codes"). Keep both in step.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # unexpected error, or several failures of different kinds
+EXIT_USER_INPUT = 2  # bad models.toml / models.lock / command line / unknown name
+EXIT_NETWORK = 3  # a download failed (HTTP error, connection, timeout)
+EXIT_CHECKSUM = 4  # bytes differ from the expected SHA-256 (download or verify)
+EXIT_LOCK_STALE = 5  # --locked and models.lock is missing or would change
+EXIT_OFFLINE_MISSING = 6  # --offline and something must be fetched
+EXIT_CHANGES_PENDING = 7  # --check and something would change
+EXIT_INSTALL = 8  # filesystem trouble while installing (permissions, disk full, ...)
+EXIT_UNSAFE_ARCHIVE = 9  # an archive is malformed or tries to escape its target
+EXIT_INTERRUPTED = 130  # SIGINT, as shells report it
+
+
+class ModelsyncError(Exception):
+    """Base class of every error the tool reports to a user."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UserInputError(ModelsyncError, ValueError):
+    """The user's input (file, flag, name) is wrong; nothing was changed."""
+
+    exit_code = EXIT_USER_INPUT
+
+
+class ManifestError(UserInputError):
+    """models.toml cannot be read or does not follow the schema."""
+
+
+class LockfileError(UserInputError):
+    """models.lock cannot be read or does not follow the schema."""
+
+
+class UnknownNameError(UserInputError, LookupError):
+    """A processor or model name that no registry source knows."""
+
+
+class LocationError(UserInputError):
+    """A resource location cannot be resolved on this machine."""
+
+
+class NetworkError(ModelsyncError, ConnectionError):
+    """A download failed after retries."""
+
+    exit_code = EXIT_NETWORK
+
+
+class ChecksumMismatch(ModelsyncError):
+    """Bytes differ from the SHA-256 the lock or the manifest expects."""
+
+    exit_code = EXIT_CHECKSUM
+
+    def __init__(self, what: str, expected: str, actual: str, hint: str = ""):
+        self.what, self.expected, self.actual = what, expected, actual
+        msg = f"checksum mismatch for {what}:\n  expected sha256 {expected}\n  actual   sha256 {actual}"
+        if hint:
+            msg += f"\n{hint}"
+        super().__init__(msg)
+
+
+class LockStale(ModelsyncError):
+    """`--locked` was given and models.lock is missing or out of date."""
+
+    exit_code = EXIT_LOCK_STALE
+
+
+class OfflineMissing(ModelsyncError):
+    """`--offline` was given and something would have to be downloaded."""
+
+    exit_code = EXIT_OFFLINE_MISSING
+
+
+class ChangesPending(ModelsyncError):
+    """`--check` was given and the plan is not empty."""
+
+    exit_code = EXIT_CHANGES_PENDING
+
+
+class InstallError(ModelsyncError, OSError):
+    """The filesystem refused an install step (permissions, space, ...)."""
+
+    exit_code = EXIT_INSTALL
+
+
+class UnsafeArchive(ModelsyncError):
+    """An archive is malformed, of an unknown format, or has a member escaping its target."""
+
+    exit_code = EXIT_UNSAFE_ARCHIVE
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One resource that failed during a multi-resource operation."""
+
+    processor: str
+    name: str
+    error: ModelsyncError
+
+
+class SyncFailed(ModelsyncError):
+    """Some resources failed; all others were installed. Carries every failure."""
+
+    def __init__(self, failures: list[Failure]):
+        self.failures = failures
+        codes = {f.error.exit_code for f in failures}
+        # One kind of failure keeps its specific code; a mix is reported as 1.
+        self.exit_code = codes.pop() if len(codes) == 1 else EXIT_FAILURE
+        lines = [f"{len(failures)} resource(s) failed; everything else was installed:"]
+        for f in failures:
+            first, *rest = str(f.error).splitlines() or [type(f.error).__name__]
+            lines.append(f"  {f.processor} {f.name}: {first}")
+            lines.extend(f"    {line}" for line in rest)
+        lines.append("Fix the cause and run `modelsync sync` again; finished resources are not fetched twice.")
+        super().__init__("\n".join(lines))

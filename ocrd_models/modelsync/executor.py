@@ -1,0 +1,181 @@
+"""Carry out a plan: parallel downloads, verified installs, records, and the resulting lock entries.
+
+One failing resource never stops the others; every failure is returned with its cause.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from .digest import digest_path
+from .errors import InstallError, ModelsyncError
+from .install import StageRequest, clean_temp, commit, remove_path, stage
+from .lockfile import LockEntry
+from .planner import INSTALL, KEEP, REMOVE, UPDATE, Action, Plan
+from .progress import NullProgress, Progress
+from .records import InstallRecord, RecordStore
+from .resolve import Wanted
+
+
+class Cancelled(Exception):
+    """Raised inside workers once the user interrupted the run."""
+
+
+@dataclass
+class Outcome:
+    """The result of one action: a lock entry on success, an error on failure."""
+
+    action: Action
+    entry: LockEntry | None = None
+    error: ModelsyncError | None = None
+    path: Path | None = None
+
+
+@dataclass
+class ExecContext:
+    """What the executor needs besides the plan (dependencies passed in, no globals)."""
+
+    records: RecordStore
+    mirrors: dict[str, str]
+    base_dir: Path  # relative local URLs are relative to this (the manifest's directory)
+    parallel: int = 4
+    progress: Progress = NullProgress()
+
+
+def entry_for(w: Wanted, *, sha256: str | None, size: int | None, installed: str | None,
+              fetched_url: str | None) -> LockEntry:
+    """The lock entry of a wanted resource with the digests observed."""
+    return LockEntry(
+        processor=w.processor, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
+        location=w.location, sha256=sha256, size=size,
+        installed_sha256=installed if (installed and installed != sha256) else None,
+        fetched_url=fetched_url if fetched_url and fetched_url != w.url else None,
+    )
+
+
+def _keep(action: Action, ctx: ExecContext) -> Outcome:
+    w, exp = action.wanted, action.expect
+    assert w is not None and exp is not None
+    path = action.target
+    if exp.locked is not None and not action.adopt:
+        # Matches the lock; refresh the record if we had to hash (so the next run stats only).
+        rec = ctx.records.get(path)
+        if rec is None or not rec.is_fresh():
+            _record(ctx, w, path, exp.locked.expected_installed or "", exp.locked.sha256, exp.locked.url)
+        return Outcome(action, exp.locked, path=path)
+    digest, sigs = digest_path(path)
+    sha = digest if (w.type == "file" and not path.is_dir()) else (exp.sha256 if not action.adopt else None)
+    size = sigs[""].size if "" in sigs and w.type == "file" else None
+    entry = entry_for(w, sha256=sha, size=size, installed=digest, fetched_url=None)
+    ctx.records.put(InstallRecord(str(path.absolute()), w.processor, w.name, digest, path.is_dir(), sigs, None, sha))
+    return Outcome(action, entry, path=path)
+
+
+def _record(ctx: ExecContext, w: Wanted, path: Path, digest: str, sha256: str | None, url: str | None) -> None:
+    # Only stat here: the digest is already known to match.
+    from .digest import current_sigs
+
+    sigs = current_sigs(path)
+    if sigs is not None:
+        ctx.records.put(InstallRecord(str(path.absolute()), w.processor, w.name, digest, path.is_dir(), sigs,
+                                      url, sha256))
+
+
+def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
+    w, exp = action.wanted, action.expect
+    assert w is not None and exp is not None
+    task = f"{w.processor} {w.name}"
+    final = action.target
+    progress = ctx.progress
+
+    def advance(n: int) -> None:
+        if cancel.is_set():
+            raise Cancelled()
+        progress.advance(task, n)
+
+    progress.start(task, w.size)
+    clean_temp(final.parent)
+    req = StageRequest(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
+                       expected_sha256=exp.sha256, expected_installed=exp.installed)
+    staged = stage(req, final.parent, mirrors=ctx.mirrors, base_dir=ctx.base_dir, progress=advance,
+                   on_total=lambda t: progress.update_total(task, t))
+    if cancel.is_set():
+        staged.discard()
+        raise Cancelled()
+    sigs = commit(staged, final)
+    ctx.records.put(InstallRecord(str(final.absolute()), w.processor, w.name, staged.installed_digest,
+                                  staged.is_dir, sigs, w.url, staged.sha256))
+    entry = entry_for(w, sha256=staged.sha256, size=staged.size, installed=staged.installed_digest,
+                      fetched_url=staged.fetched_url)
+    return Outcome(action, entry, path=final)
+
+
+def _remove(action: Action, ctx: ExecContext) -> Outcome:
+    path = action.target
+    rec = ctx.records.get(path)
+    if rec is None or not rec.is_fresh():
+        raise InstallError(f"not removing {path}: it was not installed by modelsync, or it changed since; "
+                           "delete it by hand if it is no longer needed")
+    remove_path(path)
+    ctx.records.delete(path)
+    return Outcome(action, None, path=path)
+
+
+def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
+    task = f"{action.processor} {action.name}"
+    try:
+        if action.kind == KEEP:
+            out = _keep(action, ctx)
+        elif action.kind in (INSTALL, UPDATE):
+            out = _install(action, ctx, cancel)
+        elif action.kind == REMOVE:
+            out = _remove(action, ctx)
+        else:  # pragma: no cover
+            raise AssertionError(action.kind)
+    except ModelsyncError as err:
+        ctx.progress.finish(task, False, str(err).splitlines()[0])
+        return Outcome(action, error=err)
+    except OSError as err:
+        wrapped = InstallError(f"{task}: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+        ctx.progress.finish(task, False, str(wrapped))
+        return Outcome(action, error=wrapped)
+    if action.kind != KEEP:
+        ctx.progress.finish(task, True, action.kind)
+    return out
+
+
+def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
+    """Run every action (keeps inline, the rest in a thread pool); outcomes in plan order.
+
+    A KeyboardInterrupt cancels running downloads (their temp files are removed) and
+    is re-raised.
+    """
+    cancel = threading.Event()
+    outcomes: dict[int, Outcome] = {}
+    work = []
+    for i, action in enumerate(plan.actions):
+        if action.kind == KEEP:
+            outcomes[i] = _run(action, ctx, cancel)
+        else:
+            work.append((i, action))
+    if work:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel, len(work))), thread_name_prefix="modelsync")
+        futures = {pool.submit(_run, a, ctx, cancel): i for i, a in work}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    try:
+                        outcomes[futures[f]] = f.result()
+                    except Cancelled:
+                        pass
+        except KeyboardInterrupt:
+            cancel.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+    return [outcomes[i] for i in sorted(outcomes)]

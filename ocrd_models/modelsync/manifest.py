@@ -1,0 +1,265 @@
+"""``models.toml``: the project's declaration of wanted models, validated with pydantic.
+
+Loading never changes anything on disk. Errors name the file and, for TOML syntax,
+the line and column; for schema errors, the field path and the allowed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ManifestError
+
+LOCATION_KINDS = ("cwd", "data", "system", "module")
+URL_SCHEMES = ("https", "http", "file")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_EXE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEFAULT_PARALLEL = 4
+
+
+def check_resource_name(name: str) -> str:
+    """Refuse names that could escape a location directory (``../x``, ``/x``, NUL, ...)."""
+    if not name or name.strip() != name:
+        raise ValueError("a resource name must be non-empty and have no leading/trailing spaces")
+    if "\x00" in name or "/" in name or "\\" in name:
+        raise ValueError(f"resource name {name!r} must not contain '/', '\\' or NUL: it names one entry of a directory")
+    if name in (".", ".."):
+        raise ValueError(f"resource name {name!r} is not allowed")
+    if any(ord(c) < 32 for c in name):
+        raise ValueError(f"resource name {name!r} contains control characters")
+    return name
+
+
+def check_location(value: str) -> str:
+    """A location is a kind (cwd, data, system, module) or a directory path."""
+    if value in LOCATION_KINDS:
+        return value
+    if "/" in value or value.startswith(("~", ".")):
+        return value
+    raise ValueError(
+        f"unknown location {value!r}; allowed: {', '.join(LOCATION_KINDS)}, "
+        "or a directory path (absolute, ./relative or ~/...)"
+    )
+
+
+def check_url(value: str) -> str:
+    """An http(s) or file:// URL, or a local path (relative to models.toml)."""
+    if not value:
+        raise ValueError("url must not be empty")
+    scheme, sep, _ = value.partition("://")
+    if sep and scheme.lower() not in URL_SCHEMES:
+        raise ValueError(f"url scheme {scheme!r} is not supported; allowed: {', '.join(URL_SCHEMES)}, or a local path")
+    return value
+
+
+def _shorthand(value: Any) -> Any:
+    # "deu.traineddata" is shorthand for { name = "deu.traineddata" }.
+    return {"name": value} if isinstance(value, str) else value
+
+
+class ModelSpec(BaseModel):
+    """One wanted model: a registry name, or an inline entry when ``url`` is given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    url: str | None = None
+    sha256: str | None = None
+    type: Literal["file", "archive", "directory"] | None = None
+    path_in_archive: str | None = None
+    location: str | None = None
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return v if v == "*" else check_resource_name(v)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else check_url(v)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.lower().removeprefix("sha256:")
+        if not _SHA256.match(v):
+            raise ValueError("sha256 must be 64 hexadecimal digits")
+        return v
+
+    @field_validator("location")
+    @classmethod
+    def _loc(cls, v: str | None) -> str | None:
+        return None if v is None else check_location(v)
+
+    @field_validator("path_in_archive")
+    @classmethod
+    def _pia(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        p = PurePosixPath(v)
+        if p.is_absolute() or ".." in p.parts or "\x00" in v:
+            raise ValueError(f"path_in_archive {v!r} must be a relative path inside the archive")
+        return v
+
+    @property
+    def is_wildcard(self) -> bool:
+        """True for ``"*"`` (all known resources of the processor)."""
+        return self.name == "*"
+
+    def normalized(self) -> dict[str, Any]:
+        """Fields that affect the result, without unset ones (for the manifest hash)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None and k != "description"}
+
+
+ModelItem = Annotated[ModelSpec, BeforeValidator(_shorthand)]
+
+
+class Settings(BaseModel):
+    """``[settings]``: where and how to install."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    location: str | None = None
+    locations: dict[str, str] = Field(default_factory=dict)
+    parallel: int = Field(default=DEFAULT_PARALLEL, ge=1, le=64)
+    mirrors: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("location")
+    @classmethod
+    def _loc(cls, v: str | None) -> str | None:
+        return None if v is None else check_location(v)
+
+    @field_validator("locations")
+    @classmethod
+    def _locs(cls, v: dict[str, str]) -> dict[str, str]:
+        for exe, loc in v.items():
+            try:
+                check_location(loc)
+            except ValueError as err:
+                raise ValueError(f"{exe}: {err}") from None
+        return v
+
+
+class Manifest(BaseModel):
+    """The whole ``models.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    settings: Settings = Field(default_factory=Settings)
+    processors: dict[str, list[ModelItem]] = Field(default_factory=dict)
+
+    @field_validator("processors")
+    @classmethod
+    def _procs(cls, v: dict[str, list[ModelSpec]]) -> dict[str, list[ModelSpec]]:
+        for exe, models in v.items():
+            if not _EXE.match(exe):
+                raise ValueError(f"{exe!r} is not a processor executable name (e.g. ocrd-tesserocr-recognize)")
+            seen: set[str] = set()
+            for m in models:
+                if m.name in seen:
+                    raise ValueError(f"{exe}: model {m.name!r} is declared twice")
+                seen.add(m.name)
+                if m.is_wildcard and (m.url or m.sha256 or m.type or m.path_in_archive):
+                    raise ValueError(f"{exe}: '*' stands for all known resources and takes no url, sha256, type or path_in_archive")
+        return v
+
+    def normalized_hash(self) -> str:
+        """SHA-256 of the normalized declaration: what it asks for, not how it is written.
+
+        Order of models, comments, formatting, ``parallel`` and ``mirrors`` do not count;
+        processor names, model specs and locations do.
+        """
+        norm = {
+            "processors": {
+                exe: sorted((m.normalized() for m in models), key=lambda d: json.dumps(d, sort_keys=True))
+                for exe, models in sorted(self.processors.items())
+            },
+            "location": self.settings.location,
+            "locations": dict(sorted(self.settings.locations.items())),
+        }
+        blob = json.dumps(norm, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+_TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)\s*$")
+
+
+def parse_toml(text: str, path: Path, error_cls: type[Exception] = ManifestError) -> dict[str, Any]:
+    """Parse TOML, turning a syntax error into ``path:line:column: message``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        m = _TOML_POS.match(str(err))
+        where = f"{path}:{m['line']}:{m['col']}" if m else str(path)
+        msg = m["msg"] if m else str(err)
+        raise error_cls(f"{where}: invalid TOML: {msg}. Fix the file and run the command again.") from None
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """Render a pydantic error location as ``processors.ocrd-x[1].type``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-before[_shorthand(), ModelSpec]",):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    # Best effort: the line of the deepest string key of the location, or the processor name.
+    for part in reversed(loc):
+        if isinstance(part, str):
+            pattern = re.compile(rf'^\s*("?){re.escape(part)}\1\s*=|^\s*\[+[^\]]*\b{re.escape(part)}\b', re.M)
+            m = pattern.search(text)
+            if m:
+                return text.count("\n", 0, m.start()) + 1
+    return None
+
+
+def format_validation_error(err: ValidationError, path: Path, text: str, what: str) -> str:
+    """One readable paragraph per schema problem: ``file:line: field.path: message``."""
+    lines = [f"{path}: {what} does not follow the schema:"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        line = _line_of(text, loc)
+        where = f"line {line}: " if line else ""
+        lines.append(f"  {where}{format_loc(loc) or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate ``models.toml``; raise :class:`ManifestError` with locations."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path} does not exist. Create one with `modelsync init`, "
+                            "or pass the manifest with --manifest.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(f"cannot read {path}: {err}") from None
+    return parse_manifest(text, path)
+
+
+def parse_manifest(text: str, path: Path) -> Manifest:
+    """Validate manifest text (``path`` is used in messages only)."""
+    data = parse_toml(text, path)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        raise ManifestError(format_validation_error(err, path, text, "models.toml")) from None

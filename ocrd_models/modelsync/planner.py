@@ -1,0 +1,146 @@
+"""The planner: a pure function (wanted, lock, observations) -> plan of actions with reasons.
+
+No I/O happens here: the observations (what exists, with digests) are gathered by
+:mod:`state` beforehand, so plans are cheap to test and to render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .lockfile import LockEntry, Lockfile
+from .resolve import Wanted
+from .state import Hit, Observation
+
+INSTALL, UPDATE, KEEP, REMOVE = "install", "update", "keep", "remove"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The digests a resource must have, and whether its lock entry still applies."""
+
+    sha256: str | None  # of the artifact to download
+    installed: str | None  # of the installed file or tree
+    locked: LockEntry | None  # the lock entry, if it still matches the declaration
+    stale: LockEntry | None = None  # the lock entry, if the declaration changed since
+
+
+def expectation(w: Wanted, locked: LockEntry | None) -> Expectation:
+    """What the lock (if it still applies) or the manifest's pin says the bytes must be."""
+    if locked is not None and locked.declaration() == w.declaration():
+        pin_ok = w.sha256 is None or locked.sha256 in (None, w.sha256)
+        if pin_ok:
+            return Expectation(locked.sha256 or w.sha256, locked.expected_installed, locked)
+    pinned_file = w.sha256 if w.type == "file" else None
+    return Expectation(w.sha256, pinned_file, None, locked)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a plan."""
+
+    kind: str  # install | update | keep | remove
+    processor: str
+    name: str
+    reason: str
+    target: Path  # where the resource is (keep) or goes (install/update) or is removed from
+    wanted: Wanted | None = None
+    expect: Expectation | None = None
+    found: Path | None = None  # what the processor would use now
+    adopt: bool = False  # keep a resource nobody locked yet: digest it and lock it
+    warnings: tuple[str, ...] = ()
+    location_label: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(processor, name)."""
+        return (self.processor, self.name)
+
+    @property
+    def changes(self) -> bool:
+        """True for install, update and remove."""
+        return self.kind != KEEP
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Actions in (processor, name) order."""
+
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+
+    @property
+    def changes(self) -> list[Action]:
+        """Actions that would change something on disk."""
+        return [a for a in self.actions if a.changes]
+
+    def count(self, kind: str) -> int:
+        """Number of actions of one kind."""
+        return sum(1 for a in self.actions if a.kind == kind)
+
+
+def _describe(hit: Hit) -> str:
+    return f"{hit.path} ({hit.candidate.label})"
+
+
+def plan_resource(w: Wanted, exp: Expectation, obs: Observation) -> Action:
+    """Decide what to do for one wanted resource."""
+    base = dict(processor=w.processor, name=w.name, wanted=w, expect=exp,
+                location_label=obs.target.label)
+    target = obs.target_path
+    at_target = obs.hit_at(target)
+    not_on_path = [] if obs.on_lookup_path else [
+        f"{obs.target.directory} is not on the lookup path of {w.processor}; "
+        f"add it to ${w.processor.upper().replace('-', '_')}_PATH so the processor finds it"]
+
+    if exp.stale is not None:
+        what = [n for n, a, b in zip(("url", "type", "path_in_archive", "location"),
+                                     exp.stale.declaration(), w.declaration()) if a != b]
+        what = what or ["sha256"]
+        return Action(kind=UPDATE if at_target else INSTALL, target=target,
+                      reason=f"declaration changed since the lock ({', '.join(what)})",
+                      found=at_target.path if at_target else None, warnings=tuple(not_on_path), **base)
+    if not obs.hits:
+        return Action(kind=INSTALL, target=target, reason="not installed", warnings=tuple(not_on_path), **base)
+
+    effective = obs.hits[0]
+    if exp.installed is None:
+        where = _describe(effective)
+        return Action(kind=KEEP, target=effective.path, found=effective.path, adopt=True,
+                      reason=f"found at {where}; not locked yet, adopted as is", **base)
+    if effective.digest == exp.installed:
+        return Action(kind=KEEP, target=effective.path, found=effective.path,
+                      reason=f"installed at {effective.candidate.label}"
+                             + (" (verified)" if effective.trusted else " (hashed)"), **base)
+    if at_target is not None and at_target.digest == exp.installed:
+        return Action(kind=KEEP, target=target, found=effective.path, reason="installed at target",
+                      warnings=(f"shadowed: the processor finds {_describe(effective)} first, "
+                                "which differs from the locked bytes; remove that copy",), **base)
+    warnings = list(not_on_path)
+    if effective.path != target and obs.on_lookup_path:
+        order = [h.path for h in obs.hits]
+        if target not in order or order.index(effective.path) < order.index(target):
+            warnings.append(f"shadowed: the processor finds {_describe(effective)} first, which differs "
+                            "from the locked bytes; remove that copy")
+    if at_target is not None:
+        return Action(kind=UPDATE, target=target, found=effective.path, warnings=tuple(warnings),
+                      reason=f"{target} differs from the lock (modified or replaced)", **base)
+    return Action(kind=INSTALL, target=target, found=effective.path, warnings=tuple(warnings),
+                  reason=f"only a differing copy exists ({_describe(effective)})", **base)
+
+
+def make_plan(wanted: list[Wanted], lock: Lockfile | None, observations: dict[tuple[str, str], Observation],
+              removals: dict[tuple[str, str], Path] | None = None) -> Plan:
+    """The whole plan. ``removals`` (only when asked to prune) maps unwanted locked keys to their path."""
+    locked = lock.by_key() if lock else {}
+    actions = [plan_resource(w, expectation(w, locked.get(w.key)), observations[w.key]) for w in wanted]
+    for key, path in sorted((removals or {}).items()):
+        actions.append(Action(kind=REMOVE, processor=key[0], name=key[1], target=path,
+                              reason="no longer declared in models.toml", expect=None))
+    return Plan(tuple(sorted(actions, key=lambda a: a.key)))
+
+
+def expectations(wanted: list[Wanted], lock: Lockfile | None) -> dict[tuple[str, str], Expectation]:
+    """:func:`expectation` for every wanted resource."""
+    locked = lock.by_key() if lock else {}
+    return {w.key: expectation(w, locked.get(w.key)) for w in wanted}

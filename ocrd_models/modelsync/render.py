@@ -1,0 +1,143 @@
+"""Rendering for people (rich) and machines (JSON). Only the CLI imports this module."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def human_size(n: int | None) -> str:
+    """1536 -> '1.5 KiB'; None -> '?'."""
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _plain(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _plain(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def emit_json(doc: dict[str, Any]) -> None:
+    """Print one JSON document on stdout (the only thing printed there with --json)."""
+    sys.stdout.write(json.dumps(_plain(doc), indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A rich table on stdout."""
+    t = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*[("" if v is None else str(v)) for v in r])
+    out.print(t)
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr."""
+    err.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+
+
+def error(message: str) -> None:
+    """An error paragraph on stderr."""
+    err.print(f"[bold red]error:[/bold red] ", end="", markup=True)
+    err.print(message, markup=False, highlight=False)
+
+
+class PlainProgress:
+    """One line per finished resource: for CI logs and pipes (no bars, no carriage returns)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._t0: dict[str, float] = {}
+        self._bytes: dict[str, int] = {}
+
+    def start(self, task: str, total: int | None) -> None:  # noqa: D102
+        with self._lock:
+            self._t0[task] = time.monotonic()
+            self._bytes[task] = 0
+        err.print(f"fetching {task}", markup=False, highlight=False)
+
+    def update_total(self, task: str, total: int | None) -> None:  # noqa: D102
+        pass
+
+    def advance(self, task: str, nbytes: int) -> None:  # noqa: D102
+        with self._lock:
+            self._bytes[task] = self._bytes.get(task, 0) + nbytes
+
+    def finish(self, task: str, ok: bool, message: str) -> None:  # noqa: D102
+        with self._lock:
+            secs = time.monotonic() - self._t0.get(task, time.monotonic())
+            n = self._bytes.get(task, 0)
+        status = "done" if ok else "FAILED"
+        detail = f"{message}, {human_size(n)} in {secs:.1f}s" if ok else message
+        err.print(f"{status} {task}: {detail}", markup=False, highlight=False)
+
+    def note(self, message: str) -> None:  # noqa: D102
+        err.print(message, markup=False, highlight=False)
+
+
+class BarProgress:
+    """rich progress bars on a terminal, one per resource being fetched."""
+
+    def __init__(self) -> None:
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                           TimeRemainingColumn(), console=err, transient=False)
+        self._ids: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "BarProgress":
+        self._p.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._p.stop()
+
+    def start(self, task: str, total: int | None) -> None:  # noqa: D102
+        with self._lock:
+            self._ids[task] = self._p.add_task(task, total=total)
+
+    def update_total(self, task: str, total: int | None) -> None:  # noqa: D102
+        if total is not None:
+            self._p.update(self._ids[task], total=total)
+
+    def advance(self, task: str, nbytes: int) -> None:  # noqa: D102
+        self._p.advance(self._ids[task], nbytes)
+
+    def finish(self, task: str, ok: bool, message: str) -> None:  # noqa: D102
+        tid = self._ids.get(task)
+        if tid is None:
+            return
+        mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
+        t = self._p.tasks[[x.id for x in self._p.tasks].index(tid)]
+        self._p.update(tid, description=f"{mark} {task}", total=t.completed if ok else t.total)
+
+    def note(self, message: str) -> None:  # noqa: D102
+        self._p.console.print(message, markup=False, highlight=False)

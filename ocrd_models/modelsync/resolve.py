@@ -1,0 +1,121 @@
+"""Turn the manifest's declarations into concrete wanted resources, using the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UnknownNameError, UserInputError
+from .manifest import Manifest, ModelSpec
+from .registry import Registry, canonical_processor, did_you_mean
+from .resource import ResourceEntry
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A resource the project wants, fully resolved (registry entry + manifest overrides)."""
+
+    processor: str  # canonical (ocrd-tesserocr-* -> ocrd-tesserocr-recognize)
+    name: str
+    url: str
+    type: str
+    path_in_archive: str
+    location: str  # a location kind or a directory path, as declared
+    sha256: str | None  # pinned in the manifest
+    source: str  # registry source that supplied the entry
+    size: int | None = None
+    description: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(processor, name)."""
+        return (self.processor, self.name)
+
+    def declaration(self) -> tuple:
+        """Comparable with :meth:`LockEntry.declaration`."""
+        return (self.url, self.type, self.path_in_archive, self.location)
+
+
+def _location(manifest: Manifest, spec: ModelSpec | None, exe: str, default: str) -> str:
+    if spec is not None and spec.location:
+        return spec.location
+    s = manifest.settings
+    return s.locations.get(exe) or s.locations.get(canonical_processor(exe)) or s.location or default
+
+
+def _from_entry(entry: ResourceEntry, spec: ModelSpec | None, location: str) -> Wanted:
+    return Wanted(
+        processor=canonical_processor(entry.processor),
+        name=entry.name,
+        url=entry.url,
+        type=(spec.type if spec and spec.type else entry.type),
+        path_in_archive=(spec.path_in_archive if spec and spec.path_in_archive else entry.path_in_archive),
+        location=location,
+        sha256=spec.sha256 if spec else None,
+        source=entry.source,
+        size=entry.size,
+        description=entry.description,
+    )
+
+
+def unknown_processor(registry: Registry, exe: str) -> UnknownNameError:
+    """The error for a processor no source knows."""
+    return UnknownNameError(
+        f"unknown processor {exe!r}: neither the bundled index, OCR-D's user database nor an "
+        f"installed processor knows it.{did_you_mean(registry.suggest_processors(exe))} "
+        "To use a processor we do not know, give each model a url in models.toml."
+    )
+
+
+def unknown_name(registry: Registry, exe: str, name: str) -> UnknownNameError:
+    """The error for a model name the processor's known resources lack."""
+    return UnknownNameError(
+        f"unknown model {name!r} for {exe}.{did_you_mean(registry.suggest_names(exe, name))} "
+        f"`modelsync available {exe}` lists the known ones; a model of your own needs a url "
+        f"(e.g. {{ name = \"{name}\", url = \"https://...\" }})."
+    )
+
+
+def resolve(manifest: Manifest, registry: Registry, default_location) -> list[Wanted]:
+    """Resolve every declaration; ``default_location(processor)`` gives the tool default.
+
+    Raises :class:`UnknownNameError` (with suggestions) for names no source knows.
+    """
+    wanted: dict[tuple[str, str], Wanted] = {}
+    errors: list[str] = []
+    for exe, specs in manifest.processors.items():
+        default = default_location(exe)
+        for spec in specs:
+            loc = _location(manifest, spec, exe, default)
+            try:
+                items = _resolve_one(exe, spec, loc, registry)
+            except UnknownNameError as err:
+                errors.append(str(err))
+                continue
+            for w in items:
+                prev = wanted.get(w.key)
+                if prev is not None and prev != w:
+                    errors.append(f"{w.processor} {w.name} is declared twice with different settings "
+                                  f"(ocrd-tesserocr-* processors share one set of resources)")
+                wanted[w.key] = w
+    if errors:
+        raise UnknownNameError("\n".join(errors)) if len(errors) == 1 else UserInputError(
+            "models.toml has problems:\n" + "\n".join("  " + e.replace("\n", "\n  ") for e in errors))
+    return sorted(wanted.values(), key=lambda w: w.key)
+
+
+def _resolve_one(exe: str, spec: ModelSpec, loc: str, registry: Registry) -> list[Wanted]:
+    if spec.is_wildcard:
+        if not registry.knows_processor(exe):
+            raise unknown_processor(registry, exe)
+        return [_from_entry(e, None, loc) for e in registry.resources(exe)]
+    if spec.url:
+        entry = ResourceEntry(processor=exe, name=spec.name, url=spec.url, description=spec.description or "",
+                              type=spec.type or "file", path_in_archive=spec.path_in_archive or ".",
+                              source="manifest")
+        return [_from_entry(entry, spec, loc)]
+    entry = registry.lookup(exe, spec.name)
+    if entry is None:
+        if not registry.knows_processor(exe):
+            raise unknown_processor(registry, exe)
+        raise unknown_name(registry, exe, spec.name)
+    return [_from_entry(entry, spec, loc)]
