@@ -97,7 +97,6 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
         progress.advance(task, n)
 
     progress.start(task, w.size)
-    clean_temp(final.parent)
     req = StageRequest(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
                        expected_sha256=exp.sha256, expected_installed=exp.installed)
     staged = stage(req, final.parent, mirrors=ctx.mirrors, base_dir=ctx.base_dir, progress=advance,
@@ -161,6 +160,9 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
             outcomes[i] = _run(action, ctx, cancel)
         else:
             work.append((i, action))
+    # Leftovers of interrupted earlier runs go first, once per directory (never live ones).
+    for directory in sorted({a.target.parent for _, a in work}):
+        clean_temp(directory)
     if work:
         pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel, len(work))), thread_name_prefix="modelsync")
         futures = {pool.submit(_run, a, ctx, cancel): i for i, a in work}

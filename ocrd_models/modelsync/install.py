@@ -96,8 +96,9 @@ def stage(req: StageRequest, directory: Path, *, mirrors: dict[str, str], base_d
     cleanup = [fetched.path, unpack_dir]
     try:
         unpack_dir.mkdir()
-        extract(fetched.path, unpack_dir)
-        chosen = select(unpack_dir, req.path_in_archive, req.url.rsplit("/", 1)[-1] or req.name)
+        label = req.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or req.name
+        extract(fetched.path, unpack_dir, label)
+        chosen = select(unpack_dir, req.path_in_archive, label)
         digest, sigs = digest_path(chosen)
     except BaseException:
         for p in cleanup:
@@ -181,7 +182,7 @@ def clean_temp(directory: Path) -> int:
         if entry.name.startswith(TEMP_PREFIX):
             # Leave temp files of processes that are still running (a concurrent sync).
             owner = temp_owner(entry.name)
-            if owner is not None and owner != os.getpid() and _alive(owner):
+            if owner is not None and (owner == os.getpid() or _alive(owner)):
                 continue
             remove_path(Path(entry.path))
             n += 1

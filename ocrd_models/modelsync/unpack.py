@@ -24,7 +24,7 @@ MAX_MEMBERS = 200_000
 MAX_UNPACKED = 64 * 1024**3
 
 
-def sniff(path: Path) -> str:
+def sniff(path: Path, label: str | None = None) -> str:
     """Return ``zip``, ``tar``, ``tar.gz``, ``tar.bz2``, ``tar.xz`` or raise UnsafeArchive."""
     with open(path, "rb") as fh:
         head = fh.read(512)
@@ -41,7 +41,7 @@ def sniff(path: Path) -> str:
     if zipfile.is_zipfile(path):  # zip with a prefix (self-extracting) or comment-first
         return "zip"
     raise UnsafeArchive(
-        f"{path.name} is not an archive of a supported kind (zip, tar, tar.gz, tar.bz2, tar.xz): "
+        f"{label or path.name} is not an archive of a supported kind (zip, tar, tar.gz, tar.bz2, tar.xz): "
         f"its first bytes are {head[:8].hex(' ')}. If the resource is a single file, declare type = \"file\"."
     )
 
@@ -53,27 +53,27 @@ def _safe_rel(name: str, archive: str) -> PurePosixPath:
     return p
 
 
-def _extract_tar(path: Path, dest: Path, fmt: str) -> None:
+def _extract_tar(path: Path, dest: Path, fmt: str, label: str) -> None:
     mode = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}[fmt]
     try:
         with tarfile.open(path, mode) as tf:
             members = []
             total = 0
             for m in tf:
-                _safe_rel(m.name, path.name)
+                _safe_rel(m.name, label)
                 if m.isdev() or m.isfifo():
-                    raise UnsafeArchive(f"{path.name}: member {m.name!r} is a device or FIFO; refused")
+                    raise UnsafeArchive(f"{label}: member {m.name!r} is a device or FIFO; refused")
                 if m.issym() or m.islnk():
                     target = PurePosixPath(m.linkname)
                     base = PurePosixPath(m.name).parent if m.issym() else PurePosixPath()
                     resolved = os.path.normpath(str(base / target))
                     if target.is_absolute() or resolved.startswith(".."):
-                        raise UnsafeArchive(f"{path.name}: link {m.name!r} -> {m.linkname!r} points outside "
+                        raise UnsafeArchive(f"{label}: link {m.name!r} -> {m.linkname!r} points outside "
                                             "the archive; refused")
                 total += m.size
                 members.append(m)
                 if len(members) > MAX_MEMBERS or total > MAX_UNPACKED:
-                    raise UnsafeArchive(f"{path.name}: more than {MAX_MEMBERS} members or {MAX_UNPACKED} bytes "
+                    raise UnsafeArchive(f"{label}: more than {MAX_MEMBERS} members or {MAX_UNPACKED} bytes "
                                         "unpacked; refused as a possible archive bomb")
             # The stdlib "data" filter re-checks everything above and strips unsafe modes.
             if hasattr(tarfile, "data_filter"):
@@ -81,23 +81,23 @@ def _extract_tar(path: Path, dest: Path, fmt: str) -> None:
             else:  # pragma: no cover - Python < 3.11.4
                 tf.extractall(dest, members=members)
     except getattr(tarfile, "FilterError", ()) as err:
-        raise UnsafeArchive(f"{path.name}: refused: {err}") from None
+        raise UnsafeArchive(f"{label}: refused: {err}") from None
     except (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile, lzma.LZMAError, zlib.error) as err:
-        raise UnsafeArchive(f"{path.name}: not a valid {fmt} archive ({err})") from None
+        raise UnsafeArchive(f"{label}: not a valid {fmt} archive ({err})") from None
 
 
-def _extract_zip(path: Path, dest: Path) -> None:
+def _extract_zip(path: Path, dest: Path, label: str) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             if len(infos) > MAX_MEMBERS or sum(i.file_size for i in infos) > MAX_UNPACKED:
-                raise UnsafeArchive(f"{path.name}: more than {MAX_MEMBERS} members or {MAX_UNPACKED} bytes "
+                raise UnsafeArchive(f"{label}: more than {MAX_MEMBERS} members or {MAX_UNPACKED} bytes "
                                     "unpacked; refused as a possible archive bomb")
             for info in infos:
-                rel = _safe_rel(info.filename, path.name)
+                rel = _safe_rel(info.filename, label)
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
-                    raise UnsafeArchive(f"{path.name}: member {info.filename!r} is a symbolic link; refused")
+                    raise UnsafeArchive(f"{label}: member {info.filename!r} is a symbolic link; refused")
                 out = dest.joinpath(*rel.parts)
                 if info.is_dir():
                     out.mkdir(parents=True, exist_ok=True)
@@ -106,16 +106,20 @@ def _extract_zip(path: Path, dest: Path) -> None:
                 with zf.open(info) as src, open(out, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
-        raise UnsafeArchive(f"{path.name}: not a valid zip archive ({err})") from None
+        raise UnsafeArchive(f"{label}: not a valid zip archive ({err})") from None
 
 
-def extract(path: Path, dest: Path) -> str:
-    """Extract the archive at ``path`` into the empty directory ``dest``; return the format."""
-    fmt = sniff(path)
+def extract(path: Path, dest: Path, label: str | None = None) -> str:
+    """Extract the archive at ``path`` into the empty directory ``dest``; return the format.
+
+    ``label`` names the archive in messages (the URL's file name, not our temp name).
+    """
+    label = label or path.name
+    fmt = sniff(path, label)
     if fmt == "zip":
-        _extract_zip(path, dest)
+        _extract_zip(path, dest, label)
     else:
-        _extract_tar(path, dest, fmt)
+        _extract_tar(path, dest, fmt, label)
     return fmt
 
 

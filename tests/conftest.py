@@ -1,0 +1,153 @@
+"""Shared fixtures: a real HTTP server, an isolated machine (HOME, XDG, system dir), the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from httpserver import FileServer
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+OCRD_TOOL_DIR = SHARED / "ocrd-tool"
+FIXTURES = SHARED / "fixtures"
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_tar(members: dict[str, bytes], compression: str = "gz") -> bytes:
+    """A tar archive (compression: gz, xz, bz2 or '' for plain) of files; directories implied."""
+    buf = io.BytesIO()
+    mode = f"w:{compression}" if compression else "w"
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        # Implied parent directories, except for hostile names (they must stay as given).
+        dirs = sorted({str(Path(n).parent) for n in members
+                       if str(Path(n).parent) != "." and ".." not in n and not n.startswith("/")})
+        for d in dirs:
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            tf.addfile(info)
+        for name, data in sorted(members.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    """A zip archive of files."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in sorted(members.items()):
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server():
+    """A started FileServer on 127.0.0.1."""
+    s = FileServer().start()
+    yield s
+    s.stop()
+
+
+@dataclass
+class Result:
+    """Exit code and captured output of one CLI run."""
+
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Sandbox:
+    """An isolated machine: every directory the tool may touch lives below ``root``."""
+
+    root: Path
+    home: Path
+    data: Path  # $XDG_DATA_HOME
+    config: Path  # $XDG_CONFIG_HOME
+    cache: Path
+    state: Path
+    system: Path  # stands in for /usr/local/share/ocrd-resources
+    tessdata: Path  # $TESSDATA_PREFIX
+    project: Path  # holds models.toml, the cwd location
+    capsys: pytest.CaptureFixture
+    monkeypatch: pytest.MonkeyPatch
+
+    @property
+    def manifest(self) -> Path:
+        """The project's models.toml."""
+        return self.project / "models.toml"
+
+    @property
+    def lock(self) -> Path:
+        """The project's models.lock."""
+        return self.project / "models.lock"
+
+    def write_manifest(self, text: str) -> Path:
+        """Write models.toml."""
+        self.manifest.write_text(text)
+        return self.manifest
+
+    def data_dir(self, processor: str) -> Path:
+        """OCR-D's data location for a processor."""
+        return self.data / "ocrd-resources" / processor
+
+    def run(self, *args: str) -> Result:
+        """Run the CLI in-process (as the console script would) and capture its output."""
+        from ocrd_models.modelsync.cli import main
+
+        self.capsys.readouterr()
+        self.monkeypatch.setattr(sys, "argv", ["modelsync", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        cap = self.capsys.readouterr()
+        return Result(code, cap.out, cap.err)
+
+    def env(self) -> dict[str, str]:
+        """The environment for a subprocess run of the CLI."""
+        return dict(os.environ)
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    """Every regular file below ``root`` (relative POSIX path -> bytes)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch, capsys) -> Sandbox:
+    """Isolate HOME, XDG dirs, OCR-D's system dir and TESSDATA_PREFIX below tmp_path; chdir to the project."""
+    dirs = {n: tmp_path / n for n in ("home", "data", "config", "cache", "state", "system", "tessdata", "project")}
+    for d in dirs.values():
+        d.mkdir()
+    env = {
+        "HOME": dirs["home"], "XDG_DATA_HOME": dirs["data"], "XDG_CONFIG_HOME": dirs["config"],
+        "XDG_CACHE_HOME": dirs["cache"], "XDG_STATE_HOME": dirs["state"], "MODELSYNC_SYSTEM_DIR": dirs["system"],
+        "TESSDATA_PREFIX": dirs["tessdata"],
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+    for var in ("MODELSYNC_MIRRORS", "MODELSYNC_MANIFEST", "MODELSYNC_CACHE_DIR", "MODELSYNC_STATE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    # Only the interpreter's own bin dir (and system dirs) on PATH: no stray ocrd-* processors.
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]))
+    monkeypatch.chdir(dirs["project"])
+    return Sandbox(root=tmp_path, capsys=capsys, monkeypatch=monkeypatch, **dirs)
