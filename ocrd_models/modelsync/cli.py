@@ -387,8 +387,6 @@ def list_installed(json_out: JsonOpt = False) -> None:
 
 def main() -> None:
     """Console entry point: one message and one documented exit code per error."""
-    import click
-
     try:
         code = app(standalone_mode=False)
     except ModelsyncError as err:
@@ -396,16 +394,22 @@ def main() -> None:
 
         render.error(str(err))
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("interrupted; temporary files were removed, nothing half-written remains\n")
         sys.exit(EXIT_INTERRUPTED)
-    except click.exceptions.ClickException as err:
-        err.show()
-        sys.exit(EXIT_USER_INPUT if err.exit_code == 2 else err.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    except Exception as err:
+        # Usage errors: click's ClickException (typer >= 0.20 vendors click, so match by shape).
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
+            err.show()
+            sys.exit(EXIT_USER_INPUT if err.exit_code == 2 else err.exit_code)
+        if os.environ.get("MODELSYNC_DEBUG"):
+            raise
+        from . import render
 
+        render.error(f"unexpected {type(err).__name__}: {err}\nThis is a bug in modelsync; please report it with "
+                     "the output of the same command run with MODELSYNC_DEBUG=1 (which shows the traceback).")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 if __name__ == "__main__":
     main()

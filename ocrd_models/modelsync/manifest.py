@@ -200,9 +200,16 @@ def parse_toml(text: str, path: Path, error_cls: type[Exception] = ManifestError
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        m = _TOML_POS.match(str(err))
-        where = f"{path}:{m['line']}:{m['col']}" if m else str(path)
-        msg = m["msg"] if m else str(err)
+        text_err = str(err)
+        m = _TOML_POS.match(text_err)
+        if m:
+            where, msg = f"{path}:{m['line']}:{m['col']}", m["msg"]
+        elif text_err.endswith("(at end of document)"):
+            lines = text.split("\n")
+            where = f"{path}:{len(lines)}:{len(lines[-1]) + 1}"
+            msg = text_err.removesuffix("(at end of document)").strip() + " at the end of the file"
+        else:
+            where, msg = str(path), text_err
         raise error_cls(f"{where}: invalid TOML: {msg}. Fix the file and run the command again.") from None
 
 

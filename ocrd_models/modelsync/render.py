@@ -13,8 +13,9 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+# Off a terminal (pipes, CI logs, tests) tables must not be folded at 80 columns.
+out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 1000)
+err = Console(stderr=True, soft_wrap=True, highlight=False, width=None if sys.stderr.isatty() else 1000)
 
 
 def human_size(n: int | None) -> str:

@@ -1,0 +1,149 @@
+"""Locations, lookup order, shadowing and adoption of models put there by others."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+
+from conftest import sha256
+
+BLOB = os.urandom(30_000)
+
+
+def _manifest(url: str, location: str | None = None, processor: str = "ocrd-kraken-recognize",
+              name: str = "m.mlmodel") -> str:
+    loc = f', location = "{location}"' if location else ""
+    return f'[processors]\n{processor} = [{{ name = "{name}", url = "{url}"{loc} }}]\n'
+
+
+def test_each_location_kind_installs_into_ocrd_directory(sandbox, server):
+    url = server.add("/m.mlmodel", BLOB)
+    expected = {
+        "cwd": sandbox.project / "m.mlmodel",
+        "data": sandbox.data / "ocrd-resources" / "ocrd-kraken-recognize" / "m.mlmodel",
+        "system": sandbox.system / "ocrd-kraken-recognize" / "m.mlmodel",
+        "./custom/dir": sandbox.project / "custom" / "dir" / "m.mlmodel",
+    }
+    for location, path in expected.items():
+        sandbox.lock.unlink(missing_ok=True)
+        sandbox.write_manifest(_manifest(url, location))
+        r = sandbox.run("sync")
+        assert r.code == 0, r.err
+        assert path.read_bytes() == BLOB, location
+        path.unlink()
+
+
+def test_default_location_is_data_or_the_tools_first_resource_location(sandbox, server):
+    url = server.add("/a", BLOB)
+    sandbox.write_manifest(
+        "[processors]\n"
+        f'ocrd-kraken-recognize = [{{ name = "k.mlmodel", url = "{url}" }}]\n'
+        f'ocrd-tesserocr-recognize = [{{ name = "t.traineddata", url = "{url}" }}]\n'
+    )
+    assert sandbox.run("sync").code == 0
+    assert (sandbox.data_dir("ocrd-kraken-recognize") / "k.mlmodel").exists()
+    assert (sandbox.tessdata / "t.traineddata").exists()  # resource_locations = ["module"]
+
+
+def test_settings_location_and_per_processor_location(sandbox, server):
+    url = server.add("/a", BLOB)
+    sandbox.write_manifest(
+        '[settings]\nlocation = "system"\n[settings.locations]\nocrd-calamari-recognize = "cwd"\n'
+        "[processors]\n"
+        f'ocrd-kraken-recognize = [{{ name = "k.mlmodel", url = "{url}" }}]\n'
+        f'ocrd-calamari-recognize = [{{ name = "c.bin", url = "{url}" }}]\n'
+    )
+    assert sandbox.run("sync").code == 0
+    assert (sandbox.system / "ocrd-kraken-recognize" / "k.mlmodel").exists()
+    assert (sandbox.project / "c.bin").exists()
+
+
+def test_tesserocr_processors_share_recognizes_tessdata(sandbox, server):
+    url = server.add("/a", BLOB)
+    sandbox.write_manifest(f'[processors]\nocrd-tesserocr-segment = [{{ name = "x.traineddata", url = "{url}" }}]\n')
+    assert sandbox.run("sync").code == 0
+    assert (sandbox.tessdata / "x.traineddata").read_bytes() == BLOB
+    entry = tomllib.loads(sandbox.lock.read_text())["resource"][0]
+    assert entry["processor"] == "ocrd-tesserocr-recognize"
+
+
+def test_module_location_without_processor_is_a_clear_error(sandbox, server):
+    sandbox.monkeypatch.delenv("TESSDATA_PREFIX")
+    sandbox.write_manifest('[processors]\nocrd-tesserocr-recognize = ["deu.traineddata"]\n')
+    r = sandbox.run("plan")
+    assert r.code == 2
+    assert "TESSDATA_PREFIX" in r.err and "Traceback" not in r.err
+
+
+def test_module_dir_comes_from_the_processor_and_is_cached(sandbox, server):
+    bindir = sandbox.root / "bin"
+    bindir.mkdir()
+    moddir = sandbox.root / "site-packages" / "ocrd_kraken"
+    moddir.mkdir(parents=True)
+    counter = sandbox.root / "calls"
+    exe = bindir / "ocrd-kraken-recognize"
+    exe.write_text(f"#!/bin/sh\necho x >> {counter}\n"
+                   f'if [ "$1" = "--dump-module-dir" ]; then echo {moddir}; exit 0; fi\n'
+                   'echo \'{"executable": "ocrd-kraken-recognize", "resources": []}\'\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    sandbox.monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    url = server.add("/a", BLOB)
+    sandbox.write_manifest(_manifest(url, "module"))
+    assert sandbox.run("sync").code == 0
+    assert (moddir / "m.mlmodel").read_bytes() == BLOB
+    calls = len(counter.read_text().splitlines())
+    assert sandbox.run("status").code == 0
+    assert len(counter.read_text().splitlines()) == calls  # answers cached until the executable changes
+    exe.write_text(exe.read_text() + "\n# changed\n")
+    assert sandbox.run("status").code == 0
+    assert len(counter.read_text().splitlines()) > calls
+
+
+def test_existing_model_in_any_lookup_location_is_not_downloaded_again(sandbox, server):
+    url = server.add("/m.mlmodel", BLOB)
+    # Put there by `ocrd resmgr` or by hand, in the system location.
+    (sandbox.system / "ocrd-kraken-recognize").mkdir()
+    (sandbox.system / "ocrd-kraken-recognize" / "m.mlmodel").write_bytes(BLOB)
+    sandbox.write_manifest(_manifest(url))
+    r = sandbox.run("plan")
+    assert "keep" in r.out and "install" not in r.out
+    assert sandbox.run("sync").code == 0
+    assert server.count("/m.mlmodel") == 0
+    entry = tomllib.loads(sandbox.lock.read_text())["resource"][0]
+    assert entry["sha256"] == sha256(BLOB)  # adopted and locked by its hash
+
+
+def test_processor_path_variable_is_in_the_lookup_order(sandbox, server):
+    url = server.add("/m.mlmodel", BLOB)
+    extra = sandbox.root / "extra"
+    extra.mkdir()
+    (extra / "m.mlmodel").write_bytes(BLOB)
+    sandbox.monkeypatch.setenv("OCRD_KRAKEN_RECOGNIZE_PATH", f"/nonexistent:{extra}")
+    sandbox.write_manifest(_manifest(url))
+    r = sandbox.run("status", "--json")
+    import json
+
+    (row,) = json.loads(r.out)["resources"]
+    assert row["path"] == str(extra / "m.mlmodel")
+
+
+def test_shadowing_copy_in_an_earlier_location_is_reported(sandbox, server):
+    url = server.add("/m.mlmodel", BLOB)
+    sandbox.write_manifest(_manifest(url))
+    assert sandbox.run("sync").code == 0
+    (sandbox.project / "m.mlmodel").write_bytes(b"an old copy in the working directory")
+    r = sandbox.run("status")
+    assert "shadowed" in r.err and str(sandbox.project / "m.mlmodel") in r.err
+    # The differing cwd copy is what the processor would use: that is left alone, ours stays right.
+    r = sandbox.run("sync")
+    assert r.code == 0
+    assert (sandbox.project / "m.mlmodel").read_bytes().startswith(b"an old copy")
+    assert (sandbox.data_dir("ocrd-kraken-recognize") / "m.mlmodel").read_bytes() == BLOB
+
+
+def test_explicit_directory_off_the_lookup_path_is_warned_about(sandbox, server):
+    url = server.add("/m.mlmodel", BLOB)
+    sandbox.write_manifest(_manifest(url, "/tmp/../" + str(sandbox.root / "elsewhere")))
+    r = sandbox.run("plan")
+    assert "OCRD_KRAKEN_RECOGNIZE_PATH" in r.err
