@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -26,6 +27,9 @@ class FileServer:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, Fault] = {}
         self.requests: list[tuple[str, str]] = []
+        self.delay = 0.0  # seconds each GET waits before answering (to observe overlap)
+        self.inflight = 0
+        self.max_inflight = 0
         self._lock = threading.Lock()
         server = self
 
@@ -39,7 +43,16 @@ class FileServer:
                 self._serve(head=True)
 
             def do_GET(self):
-                self._serve(head=False)
+                with server._lock:
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    if server.delay:
+                        time.sleep(server.delay)
+                    self._serve(head=False)
+                finally:
+                    with server._lock:
+                        server.inflight -= 1
 
             def _serve(self, head: bool):
                 path = urlsplit(self.path).path

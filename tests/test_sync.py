@@ -224,3 +224,52 @@ def test_plain_gzip_pickle_is_not_unpacked(sandbox):
                                         processor="ocrd-cis-ocropy-recognize"))
     assert sandbox.run("sync").code == 0
     assert (sandbox.data_dir("ocrd-cis-ocropy-recognize") / "f.pyrnn.gz").read_bytes() == fixture.read_bytes()
+
+
+def test_downloads_overlap_up_to_the_parallel_setting(sandbox, server):
+    server.delay = 0.3
+    items = ",\n".join(f'  {{ name = "p{i}", url = "{server.add(f"/p{i}", b"x" * 10)}" }}' for i in range(6))
+    sandbox.write_manifest(f"[settings]\nparallel = 3\n[processors]\nocrd-kraken-recognize = [\n{items}\n]\n")
+    assert sandbox.run("sync").code == 0
+    assert server.max_inflight == 3
+    server.max_inflight = 0
+    for i in range(6):
+        (sandbox.data_dir("ocrd-kraken-recognize") / f"p{i}").unlink()
+    assert sandbox.run("sync", "-j", "1").code == 0
+    assert server.max_inflight == 1
+
+
+def test_redirect_target_is_recorded_as_fetched_url(sandbox, server):
+    from httpserver import Fault
+
+    final = server.add("/releases/v2/m.mlmodel", TRAINEDDATA)
+    server.faults["/latest/m.mlmodel"] = Fault(redirect_to=final)
+    sandbox.write_manifest(manifest_for(server.url("/latest/m.mlmodel"), name="m.mlmodel",
+                                        processor="ocrd-kraken-recognize"))
+    assert sandbox.run("sync").code == 0
+    entry = tomllib.loads(sandbox.lock.read_text())["resource"][0]
+    assert entry["url"] == server.url("/latest/m.mlmodel")
+    assert entry["fetched_url"] == final
+
+
+def test_transient_server_errors_are_retried(sandbox, server):
+    from httpserver import Fault
+
+    url = server.add("/flaky.mlmodel", TRAINEDDATA)
+    server.faults["/flaky.mlmodel"] = Fault(status=503, times=2)
+    sandbox.write_manifest(manifest_for(url, name="f.mlmodel", processor="ocrd-kraken-recognize"))
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert server.count("/flaky.mlmodel") == 3
+    assert (sandbox.data_dir("ocrd-kraken-recognize") / "f.mlmodel").read_bytes() == TRAINEDDATA
+
+
+def test_truncated_body_is_retried_never_installed(sandbox, server):
+    from httpserver import Fault
+
+    url = server.add("/t.mlmodel", TRAINEDDATA)
+    server.faults["/t.mlmodel"] = Fault(truncate_at=1000, times=1)
+    sandbox.write_manifest(manifest_for(url, name="t.mlmodel", processor="ocrd-kraken-recognize"))
+    assert sandbox.run("sync").code == 0
+    assert (sandbox.data_dir("ocrd-kraken-recognize") / "t.mlmodel").read_bytes() == TRAINEDDATA
+    assert server.count("/t.mlmodel") == 2

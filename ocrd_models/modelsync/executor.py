@@ -141,6 +141,12 @@ def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
         wrapped = InstallError(f"{task}: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
         ctx.progress.finish(task, False, str(wrapped))
         return Outcome(action, error=wrapped)
+    except Cancelled:
+        raise
+    except Exception as err:  # a bug must not cost the other resources their install
+        wrapped = ModelsyncError(f"unexpected {type(err).__name__}: {err} (a bug in modelsync; please report it)")
+        ctx.progress.finish(task, False, str(wrapped))
+        return Outcome(action, error=wrapped)
     if action.kind != KEEP:
         ctx.progress.finish(task, True, action.kind)
     return out

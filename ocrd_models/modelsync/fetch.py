@@ -118,6 +118,7 @@ def _retry_after(resp) -> float | None:
 def _http(url: str, dest: Path, progress: Progress | None, on_total: Callable[[int | None], None] | None
           ) -> tuple[str, int, str]:
     import requests
+    import urllib3
 
     last: Exception | None = None
     for attempt in range(RETRIES + 1):
@@ -165,7 +166,8 @@ def _http(url: str, dest: Path, progress: Progress | None, on_total: Callable[[i
                 return h.hexdigest(), size, resp.url
         except NetworkError:
             raise
-        except (requests.ConnectionError, requests.Timeout) as err:
+        except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as err:
+            # urllib3 errors surface from resp.raw.read(): a connection reset or short body mid-stream.
             last = _Retry(_reason(err), None)
         except requests.RequestException as err:
             raise NetworkError(f"download of {url} failed: {_reason(err)}") from None
