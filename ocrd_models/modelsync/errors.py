@@ -116,10 +116,10 @@ class SyncFailed(ModelsyncError):
         codes = {f.error.exit_code for f in failures}
         # One kind of failure keeps its specific code; a mix is reported as 1.
         self.exit_code = codes.pop() if len(codes) == 1 else EXIT_FAILURE
-        lines = [f"{len(failures)} resource(s) failed; everything else was installed:"]
+        lines = [f"{len(failures)} resource(s) failed; everything else succeeded:"]
         for f in failures:
             first, *rest = str(f.error).splitlines() or [type(f.error).__name__]
             lines.append(f"  {f.processor} {f.name}: {first}")
             lines.extend(f"    {line}" for line in rest)
-        lines.append("Fix the cause and run `modelsync sync` again; finished resources are not fetched twice.")
+        lines.append("Fix the cause and run the command again; finished resources are not fetched twice.")
         super().__init__("\n".join(lines))

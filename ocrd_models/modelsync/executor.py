@@ -43,6 +43,8 @@ class ExecContext:
     base_dir: Path  # relative local URLs are relative to this (the manifest's directory)
     parallel: int = 4
     progress: Progress = NullProgress()
+    # Lock-only mode: stage install/update actions here, record their digests, then discard them.
+    stage_only_in: Path | None = None
 
 
 def entry_for(w: Wanted, *, sha256: str | None, size: int | None, installed: str | None,
@@ -99,16 +101,18 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
     progress.start(task, w.size)
     req = StageRequest(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
                        expected_sha256=exp.sha256, expected_installed=exp.installed)
-    staged = stage(req, final.parent, mirrors=ctx.mirrors, base_dir=ctx.base_dir, progress=advance,
-                   on_total=lambda t: progress.update_total(task, t))
-    if cancel.is_set():
+    staged = stage(req, ctx.stage_only_in or final.parent, mirrors=ctx.mirrors, base_dir=ctx.base_dir,
+                   progress=advance, on_total=lambda t: progress.update_total(task, t))
+    entry = entry_for(w, sha256=staged.sha256, size=staged.size, installed=staged.installed_digest,
+                      fetched_url=staged.fetched_url)
+    if cancel.is_set() or ctx.stage_only_in is not None:
         staged.discard()
-        raise Cancelled()
+        if cancel.is_set():
+            raise Cancelled()
+        return Outcome(action, entry)
     sigs = commit(staged, final)
     ctx.records.put(InstallRecord(str(final.absolute()), w.processor, w.name, staged.installed_digest,
                                   staged.is_dir, sigs, w.url, staged.sha256))
-    entry = entry_for(w, sha256=staged.sha256, size=staged.size, installed=staged.installed_digest,
-                      fetched_url=staged.fetched_url)
     return Outcome(action, entry, path=final)
 
 
@@ -148,7 +152,7 @@ def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
         ctx.progress.finish(task, False, str(wrapped))
         return Outcome(action, error=wrapped)
     if action.kind != KEEP:
-        ctx.progress.finish(task, True, action.kind)
+        ctx.progress.finish(task, True, "locked" if ctx.stage_only_in else action.kind)
     return out
 
 
@@ -167,7 +171,7 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
         else:
             work.append((i, action))
     # Leftovers of interrupted earlier runs go first, once per directory (never live ones).
-    for directory in sorted({a.target.parent for _, a in work}):
+    for directory in sorted({ctx.stage_only_in or a.target.parent for _, a in work}):
         clean_temp(directory)
     if work:
         pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel, len(work))), thread_name_prefix="modelsync")

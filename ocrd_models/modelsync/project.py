@@ -13,7 +13,6 @@ from . import processors
 from .digest import digest_path
 from .errors import SyncFailed, Failure
 from .executor import ExecContext, Outcome, execute
-from .install import StageRequest, stage
 from .lockfile import LockEntry, Lockfile, load_lock, write_lock
 from .locations import Locations
 from .manifest import Manifest, load_manifest
@@ -161,11 +160,13 @@ class Project:
         return out
 
     # -- sync / lock ----------------------------------------------------------------------
-    def _context(self) -> ExecContext:
+    def _context(self, *, stage_only: bool = False) -> ExecContext:
         return ExecContext(records=self.records, mirrors=self.mirrors, base_dir=self.project_dir,
-                           parallel=self.parallel or self.manifest.settings.parallel, progress=self.progress)
+                           parallel=self.parallel or self.manifest.settings.parallel, progress=self.progress,
+                           stage_only_in=self.env.cache_dir / "staging" if stage_only else None)
 
-    def _new_lock(self, plan: Plan, outcomes: list[Outcome]) -> Lockfile:
+    def _finish(self, plan: Plan, outcomes: list[Outcome]) -> SyncResult:
+        """Write the lock from the outcomes (always, so finished work is kept); raise if anything failed."""
         previous = self.lockfile.by_key() if self.lockfile else {}
         entries: dict[tuple[str, str], LockEntry] = {}
         for o in outcomes:
@@ -174,64 +175,25 @@ class Project:
             elif o.error is not None and o.action.key in previous:
                 # A failed update keeps what the lock knew, so nothing locked is forgotten.
                 entries[o.action.key] = previous[o.action.key]
-        return Lockfile(self.manifest.normalized_hash()).with_entries(list(entries.values()),
-                                                                         self.manifest.normalized_hash())
+        digest = self.manifest.normalized_hash()
+        lock = Lockfile(digest).with_entries(list(entries.values()), digest)
+        written = write_lock(self.lock_path, lock)
+        result = SyncResult(plan, outcomes, lock, written, self.lock_path)
+        if result.failures:
+            raise SyncFailed(result.failures)
+        return result
 
     def sync(self, *, prune: bool = False, upgrade: set[tuple[str, str]] | bool = False,
              plan: Plan | None = None) -> SyncResult:
         """Install what the plan says, write the lock, raise SyncFailed if anything failed."""
         plan = plan or self.plan(prune=prune, upgrade=upgrade)
-        outcomes = execute(plan, self._context())
-        lock = self._new_lock(plan, outcomes)
-        written = write_lock(self.lock_path, lock)
-        result = SyncResult(plan, outcomes, lock, written, self.lock_path)
-        if result.failures:
-            raise SyncFailed(result.failures)
-        return result
+        return self._finish(plan, execute(plan, self._context()))
 
     def lock(self, *, upgrade: set[tuple[str, str]] | bool = False) -> SyncResult:
-        """Write models.lock without installing: digests come from the lock, installed copies, or a download."""
+        """Write models.lock without installing: digests come from the lock, installed copies, or a download
+        that is verified and discarded."""
         plan = self.plan(upgrade=upgrade)
-        ctx = self._context()
-        keeps = Plan(tuple(a for a in plan.actions if a.kind == KEEP))
-        outcomes = execute(keeps, ctx)
-        outcomes += self._stage_only([a for a in plan.actions if a.kind != KEEP and a.wanted is not None], ctx)
-        lock = self._new_lock(plan, outcomes)
-        written = write_lock(self.lock_path, lock)
-        result = SyncResult(plan, outcomes, lock, written, self.lock_path)
-        if result.failures:
-            raise SyncFailed(result.failures)
-        return result
-
-    def _stage_only(self, actions, ctx: ExecContext) -> list[Outcome]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from .errors import ModelsyncError
-        from .executor import entry_for
-
-        staging = self.env.cache_dir / "staging"
-
-        def one(action) -> Outcome:
-            w, exp = action.wanted, action.expect
-            task = f"{w.processor} {w.name}"
-            ctx.progress.start(task, w.size)
-            try:
-                req = StageRequest(task, w.name, w.url, w.type, w.path_in_archive, exp.sha256, exp.installed)
-                staged = stage(req, staging, mirrors=ctx.mirrors, base_dir=ctx.base_dir,
-                               progress=lambda n: ctx.progress.advance(task, n),
-                               on_total=lambda t: ctx.progress.update_total(task, t))
-                staged.discard()
-            except ModelsyncError as err:
-                ctx.progress.finish(task, False, str(err).splitlines()[0])
-                return Outcome(action, error=err)
-            ctx.progress.finish(task, True, "locked")
-            return Outcome(action, entry_for(w, sha256=staged.sha256, size=staged.size,
-                                             installed=staged.installed_digest, fetched_url=staged.fetched_url))
-
-        if not actions:
-            return []
-        with ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel, len(actions)))) as pool:
-            return list(pool.map(one, actions))
+        return self._finish(plan, execute(plan, self._context(stage_only=True)))
 
     # -- status / verify ------------------------------------------------------------------
     def status(self) -> list[StatusRow]:
