@@ -31,10 +31,10 @@ ManifestOpt = Annotated[Path, typer.Option(
     "--manifest", "-m", envvar="MODELSYNC_MANIFEST", help="models.toml to use; models.lock is written beside it.",
     show_default=True)]
 MirrorOpt = Annotated[Optional[list[str]], typer.Option(
-    "--mirror", help="PREFIX=REPLACEMENT: fetch URLs starting with PREFIX from REPLACEMENT instead (repeatable; "
+    "--mirror", metavar="PREFIX=REPLACEMENT", help="PREFIX=REPLACEMENT: fetch URLs starting with PREFIX from REPLACEMENT instead (repeatable; "
                      "overrides [settings.mirrors] and $MODELSYNC_MIRRORS).")]
 ParallelOpt = Annotated[Optional[int], typer.Option(
-    "--parallel", "-j", min=1, max=64, help="Parallel downloads (default: settings.parallel, 4).")]
+    "--parallel", "-j", min=1, max=64, metavar="N", help="Parallel downloads (default: settings.parallel, 4).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 PruneOpt = Annotated[bool, typer.Option(
     "--prune", help="Also remove resources that models.lock has but models.toml no longer declares "
@@ -42,7 +42,7 @@ PruneOpt = Annotated[bool, typer.Option(
 UpgradeOpt = Annotated[bool, typer.Option(
     "--upgrade", help="Ignore models.lock and fetch every resource again (accept new bytes at moving URLs).")]
 UpgradeModelOpt = Annotated[Optional[list[str]], typer.Option(
-    "--upgrade-model", help="Like --upgrade for one model: NAME or PROCESSOR:NAME (repeatable).")]
+    "--upgrade-model", metavar="[PROCESSOR:]NAME", help="Like --upgrade for one model: NAME or PROCESSOR:NAME (repeatable).")]
 
 
 def _project(manifest: Path, mirror: list[str] | None, parallel: int | None, progress=None):
@@ -117,6 +117,7 @@ def init(
 ) -> None:
     """Create a commented models.toml template.
 
+    \b
     Example: modelsync init && modelsync add ocrd-tesserocr-recognize deu.traineddata
     """
     from . import edit, render
@@ -141,6 +142,7 @@ def add(
     Names are checked against the known resources (with "did you mean"); with --url the
     name is yours to choose.
 
+    \b
     Examples:
       modelsync add ocrd-tesserocr-recognize deu.traineddata frk.traineddata
       modelsync add ocrd-calamari-recognize mine --url ./out/model.tar.gz --type archive
@@ -182,6 +184,7 @@ def remove(
 
     Installed files stay; `modelsync sync --prune` deletes the ones modelsync installed.
 
+    \b
     Example: modelsync remove ocrd-tesserocr-recognize frk.traineddata
     """
     from . import edit, render
@@ -203,6 +206,7 @@ def lock(
     Checksums come from the existing lock, from copies already installed, or from a
     download that is verified and then discarded.
 
+    \b
     Example: modelsync lock && git add models.toml models.lock
     """
     from . import render
@@ -232,6 +236,7 @@ def sync(
     existing model is only replaced after its replacement is verified. Models already
     present (installed by modelsync, `ocrd resmgr` or by hand) are not fetched again.
 
+    \b
     Examples:
       modelsync sync
       modelsync sync --mirror https://github.com/=https://proxy.example.org/github/
@@ -278,6 +283,7 @@ def plan(
 ) -> None:
     """Show what `sync` would do, with a reason per resource; change nothing.
 
+    \b
     Example: modelsync plan
     """
     from .errors import ChangesPending
@@ -301,6 +307,7 @@ def status(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = Fals
     States: ok (installed, matches the lock), missing, modified (differs from the lock),
     unlocked (installed but not yet locked), undeclared (locked, no longer declared).
 
+    \b
     Example: modelsync status
     """
     from . import render
@@ -322,6 +329,7 @@ def verify(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = Fals
 
     Exits 4 if any resource is missing or differs from models.lock.
 
+    \b
     Example: modelsync verify
     """
     from . import render
@@ -347,6 +355,7 @@ def available(
 ) -> None:
     """List known resources with size (as declared: a hint) and source.
 
+    \b
     Example: modelsync available ocrd-calamari-recognize
     """
     from . import render
@@ -370,6 +379,7 @@ def list_installed(json_out: JsonOpt = False) -> None:
 
     "ours" marks files modelsync installed (verified = unchanged since).
 
+    \b
     Example: modelsync list-installed
     """
     from . import render
