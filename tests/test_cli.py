@@ -97,6 +97,9 @@ def test_lock_refuses_bytes_that_changed_under_a_locked_url(sandbox, server):
     _two_resources(sandbox, server)
     assert sandbox.run("lock").code == 0
     server.add("/a.traineddata", b"new upstream bytes")
+    import shutil
+
+    shutil.rmtree(sandbox.cache)  # another machine: only the lock travels
     r = sandbox.run("sync")
     assert r.code == 4 and sha256(BLOB) in r.err and "--upgrade" in r.err
     r = sandbox.run("sync", "--upgrade-model", "a.traineddata")

@@ -228,11 +228,14 @@ def test_plain_gzip_pickle_is_not_unpacked(sandbox):
 
 def test_downloads_overlap_up_to_the_parallel_setting(sandbox, server):
     server.delay = 0.3
-    items = ",\n".join(f'  {{ name = "p{i}", url = "{server.add(f"/p{i}", b"x" * 10)}" }}' for i in range(6))
+    items = ",\n".join(f'  {{ name = "p{i}", url = "{server.add(f"/p{i}", b"x" * i)}" }}' for i in range(6))
     sandbox.write_manifest(f"[settings]\nparallel = 3\n[processors]\nocrd-kraken-recognize = [\n{items}\n]\n")
     assert sandbox.run("sync").code == 0
     assert server.max_inflight == 3
     server.max_inflight = 0
+    import shutil
+
+    shutil.rmtree(sandbox.cache)
     for i in range(6):
         (sandbox.data_dir("ocrd-kraken-recognize") / f"p{i}").unlink()
     assert sandbox.run("sync", "-j", "1").code == 0

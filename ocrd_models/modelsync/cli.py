@@ -45,15 +45,30 @@ UpgradeModelOpt = Annotated[Optional[list[str]], typer.Option(
     "--upgrade-model", metavar="[PROCESSOR:]NAME", help="Like --upgrade for one model: NAME or PROCESSOR:NAME (repeatable).")]
 
 
-def _project(manifest: Path, mirror: list[str] | None, parallel: int | None, progress=None):
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", metavar="DIR", help="The shared download cache (else $MODELSYNC_CACHE_DIR, settings.cache_dir, "
+                                       "$XDG_CACHE_HOME/ocrd-modelsync).")]
+LinkModeOpt = Annotated[Optional[str], typer.Option(
+    "--link-mode", metavar="auto|hardlink|copy",
+    help="How installs are made from the cache: hardlink where possible (auto, the default, falls back to copy "
+         "with a notice), always hardlink, or always copy.")]
+OfflineOpt = Annotated[bool, typer.Option(
+    "--offline", envvar="MODELSYNC_OFFLINE",
+    help="No network at all: install from the cache and local files; fail listing every missing resource.")]
+
+
+def _project(manifest: Path, mirror: list[str] | None = None, parallel: int | None = None, progress=None, **kw):
     from .project import Project
     from .settings import Environment, parse_mirror_pairs
 
-    kwargs = {}
     if progress is not None:
-        kwargs["progress"] = progress
+        kw["progress"] = progress
+    if kw.get("link_mode") not in (None, "auto", "hardlink", "copy"):
+        from .errors import UserInputError
+
+        raise UserInputError(f"--link-mode {kw['link_mode']!r}: allowed are auto, hardlink, copy")
     return Project(manifest, Environment.from_os(), extra_mirrors=parse_mirror_pairs(mirror or []),
-                   parallel=parallel, **kwargs)
+                   parallel=parallel, **kw)
 
 
 def _progress(json_out: bool):
@@ -200,11 +215,12 @@ def lock(
     parallel: ParallelOpt = None,
     upgrade: UpgradeOpt = False,
     upgrade_model: UpgradeModelOpt = None,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Write models.lock without installing anything.
 
     Checksums come from the existing lock, from copies already installed, or from a
-    download that is verified and then discarded.
+    download that is verified and kept in the cache (so a later sync fetches nothing).
 
     \b
     Example: modelsync lock && git add models.toml models.lock
@@ -213,7 +229,7 @@ def lock(
 
     prog, ctx = _progress(False)
     with ctx:
-        project = _project(manifest, mirror, parallel, prog)
+        project = _project(manifest, mirror, parallel, prog, cache_dir=cache_dir)
         result = project.lock(upgrade=_upgrade_keys(project, upgrade, upgrade_model))
     render.err.print(f"{result.lock_path}: {len(result.lock.entries)} resources "
                      f"({'written' if result.lock_written else 'unchanged'})", markup=False)
@@ -228,6 +244,17 @@ def sync(
     upgrade: UpgradeOpt = False,
     upgrade_model: UpgradeModelOpt = None,
     json_out: JsonOpt = False,
+    locked: Annotated[bool, typer.Option(
+        "--locked", help="Fail (exit 5, installing nothing) if models.lock is missing or would change; "
+                         "never rewrite it. For CI.")] = False,
+    frozen: Annotated[bool, typer.Option(
+        "--frozen", help="Install exactly what models.lock says; resolve no names (no registry, no processors, "
+                         "only [settings] of models.toml). For Docker builds.")] = False,
+    offline: OfflineOpt = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help=f"Change nothing; exit {EXIT_CHANGES_PENDING} if anything would change.")] = False,
+    cache_dir: CacheDirOpt = None,
+    link_mode: LinkModeOpt = None,
 ) -> None:
     """Install every declared model where its processor finds it, verified, and update models.lock.
 
@@ -239,6 +266,8 @@ def sync(
     \b
     Examples:
       modelsync sync
+      modelsync sync --locked            # CI: the committed lock must be up to date
+      modelsync sync --frozen --offline  # Docker: exactly the lock, from the cache only
       modelsync sync --mirror https://github.com/=https://proxy.example.org/github/
     """
     from . import render
@@ -246,10 +275,15 @@ def sync(
 
     prog, ctx = _progress(json_out)
     with ctx:
-        project = _project(manifest, mirror, parallel, prog)
+        project = _project(manifest, mirror, parallel, prog, cache_dir=cache_dir, link_mode=link_mode,
+                           offline=offline, frozen=frozen)
+        if locked:
+            project.check_locked()  # before planning: a stale lock must not cost any hashing
         plan = project.plan(prune=prune, upgrade=_upgrade_keys(project, upgrade, upgrade_model))
+        if check and not json_out:
+            _render_plan(plan, "plan")
         try:
-            result = project.sync(plan=plan)
+            result = project.sync(plan=plan, locked=locked, check=check)
             failures, outcomes, lock_written = [], result.outcomes, result.lock_written
         except SyncFailed as err:
             failures, outcomes, lock_written = err.failures, None, None
@@ -393,6 +427,132 @@ def list_installed(json_out: JsonOpt = False) -> None:
     render.table(None, ["processor", "name", "location", "size", "known", "ours", "path"],
                  [(r.processor, r.name, r.location, render.human_size(r.size), "yes" if r.known else "no",
                    r.recorded or "-", r.path) for r in rows])
+
+
+@app.command("import")
+def import_(
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+    mirror: MirrorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Adopt models already installed (by `ocrd resmgr download` or by hand).
+
+    Scans OCR-D's data, system and module locations, declares every file or directory
+    whose name the registry knows for its processor in models.toml (created if missing;
+    comments kept), and locks them by hashing each once. Unknown files are listed, not
+    guessed: declare them yourself with `modelsync add PROC NAME --url ...`.
+
+    \b
+    Example: modelsync import && git add models.toml models.lock
+    """
+    from . import adopt, render
+    from .settings import Environment
+
+    env = Environment.from_os()
+    found = adopt.scan(env, manifest.absolute().parent)
+    if found.declared:
+        adopt.declare(manifest, env, found)
+        prog, ctx = _progress(json_out)
+        with ctx:
+            result = _project(manifest, mirror, None, prog).lock()
+        lock_written = result.lock_written
+    else:
+        lock_written = False
+    if json_out:
+        render.emit_json({"declared": found.declared, "unknown": found.unknown, "shadowed": found.shadowed,
+                          "lock_written": lock_written})
+        return
+    if found.declared:
+        render.table("imported", ["processor", "name", "location", "size", "path"],
+                     [(r.processor, r.name, r.location, render.human_size(r.size), r.path) for r in found.declared])
+    for r in found.shadowed:
+        render.warn(f"{r.path} is shadowed by an earlier copy of {r.name} ({r.processor}); not declared")
+    for r in found.unknown:
+        render.warn(f"unknown to the registry, not declared: {r.path} ({r.processor})")
+    render.err.print(f"{len(found.declared)} declared in {manifest}, {len(found.unknown)} unknown"
+                     + (f"; {manifest.parent / 'models.lock'} written" if lock_written else ""), markup=False)
+
+
+cache_app = typer.Typer(help="The shared download cache: where it is, what it holds, pruning it.",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+def _cache(cache_dir: Path | None, manifest: Path):
+    from .cache import Cache
+    from .settings import Environment
+
+    if cache_dir is not None:
+        return Cache(cache_dir)
+    env = Environment.from_os()
+    if manifest.exists() and not env.get("MODELSYNC_CACHE_DIR"):
+        return _project(manifest).cache  # honours settings.cache_dir of this project
+    return Cache(env.cache_dir)
+
+
+@cache_app.command("dir")
+def cache_dir_cmd(cache_dir: CacheDirOpt = None, manifest: ManifestOpt = Path(MANIFEST_NAME)) -> None:
+    """Print the cache directory.
+
+    \b
+    Example: du -sh "$(modelsync cache dir)"
+    """
+    typer.echo(str(_cache(cache_dir, manifest).root))
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: CacheDirOpt = None, manifest: ManifestOpt = Path(MANIFEST_NAME),
+               json_out: JsonOpt = False) -> None:
+    """Size and number of entries of the cache.
+
+    \b
+    Example: modelsync cache info --json
+    """
+    from . import render
+
+    stats = _cache(cache_dir, manifest).stats()
+    if json_out:
+        render.emit_json({"cache": stats})
+        return
+    render.table(None, ["path", "blobs", "trees", "size", "projects"],
+                 [(stats.path, stats.blobs, stats.trees, render.human_size(stats.bytes), stats.projects)])
+
+
+@cache_app.command("prune")
+def cache_prune(
+    older_than: Annotated[Optional[float], typer.Option(
+        "--older-than", metavar="DAYS", min=0, help="Remove entries unused for DAYS days instead, referenced or not.")]
+    = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    cache_dir: CacheDirOpt = None,
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove cache entries that no models.lock on this machine references.
+
+    Locks are known from every `sync`/`lock` run on this machine; installed models stay
+    installed (hardlinks keep their bytes), only the cache copies go.
+
+    \b
+    Examples:
+      modelsync cache prune --dry-run
+      modelsync cache prune --older-than 30
+    """
+    from . import render
+
+    cache = _cache(cache_dir, manifest)
+    referenced = cache.referenced() if older_than is None else set()
+    removed = cache.prune(referenced, older_than_days=older_than, dry_run=dry_run)
+    if json_out:
+        render.emit_json({"dry_run": dry_run, "removed": [{"kind": k, "key": key, "bytes": n}
+                                                           for k, key, n in removed],
+                          "bytes": sum(n for _, _, n in removed)})
+        return
+    for kind, key, size in removed:
+        render.out.print(f"{'would remove' if dry_run else 'removed'} {kind} {key} ({render.human_size(size)})",
+                         markup=False, highlight=False)
+    render.err.print(f"{len(removed)} entries, {render.human_size(sum(n for _, _, n in removed))}"
+                     + (" would be freed" if dry_run else " freed"), markup=False)
 
 
 def main() -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .digest import digest_path
 from .errors import InstallError, ModelsyncError
-from .install import StageRequest, clean_temp, commit, remove_path, stage
+from .cache import Cache, place
+from .install import Fetcher, Request, clean_temp, commit, obtain, remove_path
 from .lockfile import LockEntry
 from .planner import INSTALL, KEEP, REMOVE, UPDATE, Action, Plan
 from .progress import NullProgress, Progress
@@ -32,6 +33,7 @@ class Outcome:
     entry: LockEntry | None = None
     error: ModelsyncError | None = None
     path: Path | None = None
+    from_cache: bool = False
 
 
 @dataclass
@@ -41,10 +43,14 @@ class ExecContext:
     records: RecordStore
     mirrors: dict[str, str]
     base_dir: Path  # relative local URLs are relative to this (the manifest's directory)
+    cache: Cache
     parallel: int = 4
     progress: Progress = NullProgress()
-    # Lock-only mode: stage install/update actions here, record their digests, then discard them.
-    stage_only_in: Path | None = None
+    link_mode: str = "auto"  # auto | hardlink | copy
+    offline: bool = False
+    # Lock-only mode: obtain resources into the cache and record their digests; place nothing.
+    obtain_only: bool = False
+    notices: set[str] = field(default_factory=set)
 
 
 def entry_for(w: Wanted, *, sha256: str | None, size: int | None, installed: str | None,
@@ -99,21 +105,45 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
         progress.advance(task, n)
 
     progress.start(task, w.size)
-    req = StageRequest(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
-                       expected_sha256=exp.sha256, expected_installed=exp.installed)
-    staged = stage(req, ctx.stage_only_in or final.parent, mirrors=ctx.mirrors, base_dir=ctx.base_dir,
-                   progress=advance, on_total=lambda t: progress.update_total(task, t))
-    entry = entry_for(w, sha256=staged.sha256, size=staged.size, installed=staged.installed_digest,
-                      fetched_url=staged.fetched_url)
-    if cancel.is_set() or ctx.stage_only_in is not None:
-        staged.discard()
-        if cancel.is_set():
-            raise Cancelled()
-        return Outcome(action, entry)
-    sigs = commit(staged, final)
-    ctx.records.put(InstallRecord(str(final.absolute()), w.processor, w.name, staged.installed_digest,
-                                  staged.is_dir, sigs, w.url, staged.sha256))
-    return Outcome(action, entry, path=final)
+    req = Request(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
+                  expected_sha256=exp.sha256, expected_installed=exp.installed)
+    fetcher = Fetcher(ctx.mirrors, ctx.base_dir, ctx.offline, advance, lambda t: progress.update_total(task, t))
+    got = obtain(req, ctx.cache, fetcher)
+    # Served from the cache, nothing was fetched: keep what the lock knew about the origin.
+    locked = exp.locked
+    entry = entry_for(w, sha256=got.sha256 or (locked.sha256 if locked else None),
+                      size=got.size if got.size is not None else (locked.size if locked else None),
+                      installed=got.installed_digest,
+                      fetched_url=got.fetched_url if got.downloaded else (locked.fetched_url if locked else None))
+    if ctx.obtain_only:
+        return Outcome(action, entry, from_cache=not got.downloaded)
+    if cancel.is_set():
+        raise Cancelled()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InstallError(f"cannot create {final.parent}: {err.strerror or err}. Check permissions, or choose "
+                           "another location in models.toml.") from None
+    temp, _ = place(got.source, final, ctx.link_mode, on_fallback=_fallback_notice(ctx))
+    sigs = commit(temp, final)
+    ctx.records.put(InstallRecord(str(final.absolute()), w.processor, w.name, got.installed_digest,
+                                  final.is_dir(), sigs, w.url, entry.sha256))
+    return Outcome(action, entry, path=final, from_cache=not got.downloaded)
+
+
+_notice_lock = threading.Lock()
+
+
+def _fallback_notice(ctx: ExecContext):
+    """A callback printing the hardlink-to-copy fallback notice once per run."""
+
+    def note(reason: str) -> None:
+        with _notice_lock:
+            if "link-fallback" not in ctx.notices:  # one line per run, however many locations
+                ctx.notices.add("link-fallback")
+                ctx.progress.note(f"notice: {reason}")
+
+    return note
 
 
 def _remove(action: Action, ctx: ExecContext) -> Outcome:
@@ -152,7 +182,8 @@ def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
         ctx.progress.finish(task, False, str(wrapped))
         return Outcome(action, error=wrapped)
     if action.kind != KEEP:
-        ctx.progress.finish(task, True, "locked" if ctx.stage_only_in else action.kind)
+        verb = "locked" if ctx.obtain_only else action.kind
+        ctx.progress.finish(task, True, f"{verb} from cache" if out.from_cache else verb)
     return out
 
 
@@ -171,7 +202,7 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
         else:
             work.append((i, action))
     # Leftovers of interrupted earlier runs go first, once per directory (never live ones).
-    for directory in sorted({ctx.stage_only_in or a.target.parent for _, a in work}):
+    for directory in sorted({a.target.parent for _, a in work} | {ctx.cache.tmp}):
         clean_temp(directory)
     if work:
         pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel, len(work))), thread_name_prefix="modelsync")

@@ -1,18 +1,21 @@
-"""Stage a resource next to its final path, verify it, then move it into place atomically.
+"""Obtain a verified resource through the cache, then move it into place atomically.
 
 Order of an install (the invariant: nothing unverified ever sits at a final path,
 and a working model is only replaced once its replacement is verified):
 
-1. download into a temp file in the destination directory, hashing as bytes arrive;
-2. verify the SHA-256 (lock or manifest pin); archives: extract into a temp dir
-   beside it, pick ``path_in_archive``, verify the tree digest if one is locked;
-3. rename into place (a file: one ``os.replace``; a directory: move the old one aside,
-   rename the new one in, then delete the old one);
-4. write the install record (the completion marker) last.
+1. obtain: the cache already holds the expected bytes, or they are downloaded into
+   the cache's temp dir while hashing, verified (lock or manifest pin), and stored;
+   archives are unpacked beside them, ``path_in_archive`` selected, the tree digest
+   verified, and the tree stored too;
+2. place: hardlink (or copy) the cached file or tree to a temp name beside the target;
+3. commit: rename into place (a file: one ``os.replace``; a directory: the old one is
+   moved aside, the new one renamed in, then the old one deleted);
+4. the caller writes the install record (the completion marker) last.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,29 +23,11 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import TEMP_PREFIX, fsync_dir, temp_name, temp_owner
-from .digest import StatSig, digest_path
-from .errors import ChecksumMismatch, InstallError, UserInputError
-from .fetch import fetch, fsync_file, local_source
+from .cache import Cache
+from .digest import StatSig, current_sigs, digest_path
+from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError
+from .fetch import fetch, local_source
 from .unpack import extract, select
-
-
-@dataclass
-class Staged:
-    """A verified resource at a temp path beside its destination, ready to be renamed in."""
-
-    path: Path
-    is_dir: bool
-    sha256: str | None  # of the downloaded artifact
-    size: int
-    fetched_url: str | None
-    installed_digest: str
-    sigs: dict[str, StatSig]
-    cleanup: list[Path]  # temp paths to delete after the rename (or on failure)
-
-    def discard(self) -> None:
-        """Remove every temp path of this staging."""
-        for p in [self.path, *self.cleanup]:
-            remove_path(p)
 
 
 def remove_path(path: Path) -> None:
@@ -57,8 +42,8 @@ def remove_path(path: Path) -> None:
 
 
 @dataclass(frozen=True)
-class StageRequest:
-    """What to stage: the resource's declaration and the digests it must match."""
+class Request:
+    """What to obtain: the resource's declaration and the digests it must match."""
 
     what: str  # "processor name", for messages
     name: str
@@ -69,106 +54,142 @@ class StageRequest:
     expected_installed: str | None
 
 
-def stage(req: StageRequest, directory: Path, *, mirrors: dict[str, str], base_dir: Path,
-          progress: Callable[[int], None] | None = None,
-          on_total: Callable[[int | None], None] | None = None) -> Staged:
-    """Download/copy, verify and (for archives) unpack ``req`` into temp paths inside ``directory``."""
+@dataclass(frozen=True)
+class Obtained:
+    """A verified resource in the cache, ready to be placed."""
+
+    source: Path  # the cached file or tree
+    sha256: str | None  # of the downloaded artifact (None: served from a cached tree alone)
+    size: int | None
+    fetched_url: str | None  # None when nothing was fetched
+    installed_digest: str
+    downloaded: bool
+
+
+@dataclass
+class Fetcher:
+    """How to fetch: mirrors, base dir of relative paths, offline switch, progress callbacks."""
+
+    mirrors: dict[str, str]
+    base_dir: Path
+    offline: bool = False
+    progress: Callable[[int], None] | None = None
+    on_total: Callable[[int | None], None] | None = None
+
+
+def _blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
+    """(path, sha256, size, fetched_url, downloaded) of the artifact, from the cache or a download."""
+    if req.expected_sha256:
+        hit = cache.get_blob(req.expected_sha256)
+        if hit is not None:
+            return hit, req.expected_sha256, hit.stat().st_size, None, False
+    is_local = local_source(req.url, f.base_dir) is not None
+    if f.offline and not is_local:
+        raise OfflineMissing(f"{req.what}: not in the cache and --offline forbids downloading {req.url}")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        cache.tmp.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InstallError(f"cannot create {directory}: {err.strerror or err}. Check permissions, or choose "
-                           "another location in models.toml.") from None
+        raise InstallError(f"cannot create the cache directory {cache.tmp}: {err.strerror or err}. "
+                           "Set MODELSYNC_CACHE_DIR or --cache-dir to a writable place.") from None
+    got = fetch(req.url, cache.tmp, mirrors=f.mirrors, base_dir=f.base_dir, expected_sha256=req.expected_sha256,
+                progress=f.progress, on_total=f.on_total, what=req.what)
+    path = cache.add_blob(got.path, got.sha256)
+    return path, got.sha256, got.size, got.fetched_url, True
+
+
+def obtain(req: Request, cache: Cache, f: Fetcher) -> Obtained:
+    """The verified resource in the cache: reused if present, fetched (and unpacked) otherwise."""
     if req.type == "directory":
-        return _stage_directory(req, directory, base_dir, progress)
-    fetched = fetch(req.url, directory, mirrors=mirrors, base_dir=base_dir, expected_sha256=req.expected_sha256,
-                    progress=progress, on_total=on_total, what=f"{req.what}")
+        return _directory(req, cache, f)
+    if req.type == "archive" and req.expected_installed:
+        tree = cache.get_tree(req.expected_installed)
+        if tree is not None:
+            return Obtained(tree, req.expected_sha256, None, None, req.expected_installed, False)
+    blob, sha, size, fetched_url, downloaded = _blob(req, cache, f)
     if req.type == "file":
-        try:
-            fsync_file(fetched.path)
-            sigs = {"": StatSig.of(fetched.path.stat())}
-        except OSError as err:
-            fetched.path.unlink(missing_ok=True)
-            raise InstallError(f"cannot write {directory}: {err.strerror or err}") from None
-        staged = Staged(fetched.path, False, fetched.sha256, fetched.size, fetched.fetched_url, fetched.sha256, sigs, [])
-        return _verify_installed(staged, req)
-    # archive
-    unpack_dir = temp_name(directory, req.name, suffix=".d")
-    cleanup = [fetched.path, unpack_dir]
+        _check_installed(req, sha)
+        return Obtained(blob, sha, size, fetched_url, sha, downloaded)
+    unpack_dir = temp_name(cache.tmp, req.name, suffix=".d")
     try:
-        unpack_dir.mkdir()
+        unpack_dir.mkdir(parents=True)
         label = req.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or req.name
-        extract(fetched.path, unpack_dir, label)
+        extract(blob, unpack_dir, label)
         chosen = select(unpack_dir, req.path_in_archive, label)
-        digest, sigs = digest_path(chosen)
-    except BaseException:
-        for p in cleanup:
-            remove_path(p)
-        raise
-    staged = Staged(chosen, chosen.is_dir(), fetched.sha256, fetched.size, fetched.fetched_url, digest, sigs, cleanup)
-    return _verify_installed(staged, req)
+        digest = digest_path(chosen)[0]
+        _check_installed(req, digest)
+        tree = cache.add_tree(chosen, digest)
+    finally:
+        remove_path(unpack_dir)
+    return Obtained(tree, sha, size, fetched_url, digest, downloaded)
 
 
-def _stage_directory(req: StageRequest, directory: Path, base_dir: Path,
-                     progress: Callable[[int], None] | None) -> Staged:
-    src = local_source(req.url, base_dir)
+def _directory(req: Request, cache: Cache, f: Fetcher) -> Obtained:
+    src = local_source(req.url, f.base_dir)
     if src is None or not src.is_dir():
         raise UserInputError(f"{req.what}: type = \"directory\" needs a local directory as url; {req.url!r} is not one")
-    dest = temp_name(directory, req.name, suffix=".d")
+    cache.tmp.mkdir(parents=True, exist_ok=True)
+    temp = temp_name(cache.tmp, req.name, suffix=".d")
     try:
-        shutil.copytree(src, dest, symlinks=True)
-        digest, sigs = digest_path(dest, progress)
-    except BaseException:
-        remove_path(dest)
-        raise
-    size = sum(s.size for s in sigs.values())
-    staged = Staged(dest, True, digest, size, req.url, digest, sigs, [])
-    return _verify_installed(staged, req, artifact_is_tree=True)
+        shutil.copytree(src, temp, symlinks=True)
+        digest, sigs = digest_path(temp, f.progress)
+        _check_installed(req, digest, req.expected_sha256)
+        tree = cache.add_tree(temp, digest)
+    finally:
+        remove_path(temp)
+    return Obtained(tree, digest, sum(s.size for s in sigs.values()), None, digest, True)
 
 
-def _verify_installed(staged: Staged, req: StageRequest, artifact_is_tree: bool = False) -> Staged:
-    expected = req.expected_installed or (req.expected_sha256 if artifact_is_tree else None)
-    if expected is not None and expected != staged.installed_digest:
-        staged.discard()
-        raise ChecksumMismatch(f"{req.what} (installed {'tree' if staged.is_dir else 'file'})", expected,
-                               staged.installed_digest, "Nothing was installed; the existing copy, if any, is untouched.")
-    return staged
+def _check_installed(req: Request, actual: str, fallback: str | None = None) -> None:
+    expected = req.expected_installed or fallback
+    if expected is not None and expected != actual:
+        raise ChecksumMismatch(f"{req.what} (installed content)", expected, actual,
+                               "Nothing was installed; the existing copy, if any, is untouched.")
 
 
-def commit(staged: Staged, final: Path) -> dict[str, StatSig]:
-    """Move a staged resource to ``final``; the old one is removed only after the new one is in place.
+def commit(temp: Path, final: Path) -> dict[str, StatSig]:
+    """Rename a placed temp file/tree to ``final``; the old one goes only after the new one is in.
 
-    Returns the stat signatures at the final path (the inode survives a rename, the
-    path does not matter to them).
+    Returns the stat signatures at the final path, for the install record.
     """
     try:
-        if not staged.is_dir and not (final.is_dir() and not final.is_symlink()):
-            os.replace(staged.path, final)  # atomic: readers see the old or the new file
+        if not temp.is_dir() and not (final.is_dir() and not final.is_symlink()):
+            os.replace(temp, final)  # atomic: readers see the old or the new file
         else:
-            _swap_in(staged.path, final)
+            _swap_in(temp, final)
         fsync_dir(final.parent)
     except OSError as err:
-        staged.discard()
+        remove_path(temp)
         raise InstallError(f"cannot move the new {final.name} into {final.parent}: {err.strerror or err}") from None
-    for p in staged.cleanup:
-        remove_path(p)
-    return staged.sigs
+    sigs = current_sigs(final)
+    if sigs is None:
+        raise InstallError(f"{final} vanished right after it was installed (another process removed it?)")
+    return sigs
 
 
-def _swap_in(new: Path, final: Path) -> None:
-    # A directory cannot be replaced in one rename: move the old one aside first, and move it
-    # back if the second rename fails, so a working model is never lost.
-    old = None
-    if os.path.lexists(final):
-        old = temp_name(final.parent, final.name, suffix=".old")
-        os.rename(final, old)
-    try:
-        os.rename(new, final)
-    except OSError:
+def _swap_in(new: Path, final: Path, attempts: int = 5) -> None:
+    # A directory cannot be replaced in one rename: move the old one aside first (and back if the
+    # second rename fails), so a working model is never lost. Another process may be doing the
+    # same: the loop tolerates its renames in between.
+    for _ in range(attempts):
+        old = None
+        if os.path.lexists(final):
+            old = temp_name(final.parent, final.name, suffix=".old")
+            try:
+                os.rename(final, old)
+            except FileNotFoundError:
+                old = None
+        try:
+            os.rename(new, final)
+        except OSError as err:
+            if old is not None and not os.path.lexists(final):
+                os.rename(old, final)
+            if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                continue  # someone put a copy there meanwhile: move that aside too
+            raise
         if old is not None:
-            os.rename(old, final)
-        raise
-    if old is not None:
-        remove_path(old)
+            remove_path(old)
+        return
+    raise InstallError(f"{final}: kept being replaced by another process; run the command again")
 
 
 def clean_temp(directory: Path) -> int:

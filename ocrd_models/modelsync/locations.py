@@ -45,6 +45,8 @@ class Locations:
     env: Environment
     project_dir: Path
     registry: Registry
+    # False (--frozen): the lookup scan never runs a processor; a module *target* still does.
+    ask_processors_for_lookup: bool = True
     _module_dirs: dict[str, Path | None] = field(default_factory=dict)
 
     def default_location(self, processor: str) -> str:
@@ -102,7 +104,8 @@ class Locations:
             out.append(Candidate("data", self.env.ocrd_data_dir / proc))
         if "system" in allowed:
             out.append(Candidate("system", self.env.ocrd_system_dir / proc))
-        if "module" in allowed:
+        if "module" in allowed and (self.ask_processors_for_lookup or proc in self._module_dirs
+                                    or (proc == TESSEROCR_RECOGNIZE and self.env.tessdata_prefix)):
             mod = self.module_dir(proc, required=False)
             if mod is not None:
                 out.append(Candidate("module", mod))

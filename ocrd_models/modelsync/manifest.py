@@ -134,6 +134,8 @@ class Settings(BaseModel):
     locations: dict[str, str] = Field(default_factory=dict)
     parallel: int = Field(default=DEFAULT_PARALLEL, ge=1, le=64)
     mirrors: dict[str, str] = Field(default_factory=dict)
+    cache_dir: str | None = None
+    link_mode: Literal["auto", "hardlink", "copy"] = "auto"
 
     @field_validator("location")
     @classmethod

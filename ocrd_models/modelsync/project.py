@@ -10,12 +10,13 @@ from functools import cached_property
 from pathlib import Path
 
 from . import processors
+from .cache import Cache
 from .digest import digest_path
-from .errors import SyncFailed, Failure
+from .errors import ChangesPending, Failure, LockStale, OfflineMissing, SyncFailed
 from .executor import ExecContext, Outcome, execute
 from .lockfile import LockEntry, Lockfile, load_lock, write_lock
 from .locations import Locations
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, Settings, load_manifest
 from .planner import KEEP, Plan, expectations, make_plan
 from .progress import NullProgress, Progress
 from .records import InstallRecord, RecordStore
@@ -76,6 +77,10 @@ class Project:
     parallel: int | None = None
     progress: Progress = field(default_factory=NullProgress)
     use_processors: bool = True
+    cache_dir: Path | None = None  # --cache-dir; else $MODELSYNC_CACHE_DIR, settings.cache_dir, XDG default
+    link_mode: str | None = None  # --link-mode; else settings.link_mode, else auto
+    offline: bool = False
+    frozen: bool = False  # install exactly the lock: no registry names, no processors, no manifest names
 
     # -- inputs ---------------------------------------------------------------------
     @property
@@ -94,6 +99,13 @@ class Project:
         return load_manifest(self.manifest_path)
 
     @cached_property
+    def settings(self) -> Settings:
+        """``[settings]`` of models.toml (defaults when --frozen runs without one)."""
+        if self.frozen and not self.manifest_path.exists():
+            return Settings()
+        return self.manifest.settings
+
+    @cached_property
     def lockfile(self) -> Lockfile | None:
         """The current lock, or None."""
         return load_lock(self.lock_path)
@@ -101,6 +113,9 @@ class Project:
     @cached_property
     def registry(self) -> Registry:
         """Bundled index + user database + the manifest's installed processors' own lists."""
+        if self.frozen:
+            # Tool metadata (resource_locations) only: names come from the lock.
+            return Registry.load(self.env, user_database=False)
         reg = Registry.load(self.env)
         if self.use_processors:
             exes = sorted({canonical_processor(p) for p in self.manifest.processors})
@@ -111,21 +126,94 @@ class Project:
     @cached_property
     def locations(self) -> Locations:
         """Location directories for this project."""
-        return Locations(self.env, self.project_dir, self.registry)
+        return Locations(self.env, self.project_dir, self.registry, ask_processors_for_lookup=not self.frozen)
 
     @cached_property
     def records(self) -> RecordStore:
         """Install records on this machine."""
         return RecordStore(self.env.state_dir)
 
+    @cached_property
+    def cache(self) -> Cache:
+        """The shared content-addressed cache (flag > env > settings > default)."""
+        if self.cache_dir is not None:
+            return Cache(self.cache_dir)
+        if self.env.get("MODELSYNC_CACHE_DIR"):
+            return Cache(self.env.cache_dir)
+        setting = self.settings.cache_dir
+        if setting:
+            path = Path(setting).expanduser()
+            return Cache(path if path.is_absolute() else self.project_dir / path)
+        return Cache(self.env.cache_dir)
+
     @property
     def mirrors(self) -> dict[str, str]:
         """models.toml mirrors, overridden by $MODELSYNC_MIRRORS, overridden by --mirror."""
-        return {**self.manifest.settings.mirrors, **self.env.mirrors, **self.extra_mirrors}
+        return {**self.settings.mirrors, **self.env.mirrors, **self.extra_mirrors}
 
     def wanted(self) -> list[Wanted]:
-        """Every declared resource, resolved."""
+        """Every declared resource, resolved (with --frozen: every locked resource, as locked)."""
+        if self.frozen:
+            lock = self.lockfile
+            if lock is None:
+                raise LockStale(f"--frozen installs what {self.lock_path} says, but it does not exist; "
+                                "run `modelsync lock` and commit models.lock")
+            return [Wanted(e.processor, e.name, e.url, e.type, e.path_in_archive, e.location, None, "lock", e.size)
+                    for e in lock.entries]
         return resolve(self.manifest, self.registry, self.locations.default_location)
+
+    def stale_reasons(self) -> list[str]:
+        """Why models.lock is not up to date with models.toml (empty when it is). Downloads nothing."""
+        lock = self.lockfile
+        if lock is None:
+            return [f"{self.lock_path.name} does not exist"]
+        reasons = []
+        if lock.manifest_hash != self.manifest.normalized_hash():
+            reasons.append(f"{self.manifest_path.name} changed since {self.lock_path.name} was written")
+        locked = lock.by_key()
+        wanted = self.wanted()
+        for w in wanted:
+            e = locked.get(w.key)
+            if e is None:
+                reasons.append(f"+ {w.processor} {w.name}: declared, not locked")
+                continue
+            for field_name, old, new in zip(("url", "type", "path_in_archive", "location"),
+                                            e.declaration(), w.declaration()):
+                if old != new:
+                    reasons.append(f"~ {w.processor} {w.name}: {field_name} {old!r} -> {new!r}")
+            if w.sha256 and e.sha256 not in (None, w.sha256):
+                reasons.append(f"~ {w.processor} {w.name}: pinned sha256 {w.sha256} differs from the lock's {e.sha256}")
+        for key in sorted(set(locked) - {w.key for w in wanted}):
+            reasons.append(f"- {key[0]} {key[1]}: locked, no longer declared")
+        return reasons
+
+    def check_locked(self) -> None:
+        """Raise LockStale listing the differences unless models.lock is up to date (``--locked``)."""
+        if self.frozen:
+            return  # --frozen trusts the lock as it is
+        reasons = self.stale_reasons()
+        if reasons:
+            raise LockStale(f"{self.lock_path} is missing or out of date (--locked):\n"
+                            + "\n".join(f"  {r}" for r in reasons)
+                            + "\nRun `modelsync lock` (or `modelsync sync` without --locked) and commit models.lock.")
+
+    def offline_missing(self, plan: Plan) -> list[str]:
+        """Resources the plan would have to download: neither in the cache nor local files."""
+        from .fetch import local_source
+
+        missing = []
+        for a in plan.changes:
+            w, exp = a.wanted, a.expect
+            if w is None or exp is None:
+                continue
+            if local_source(w.url, self.project_dir) is not None:
+                continue
+            if exp.sha256 and self.cache.get_blob(exp.sha256) is not None:
+                continue
+            if w.type == "archive" and exp.installed and self.cache.get_tree(exp.installed) is not None:
+                continue
+            missing.append(f"{w.processor} {w.name} ({w.url})")
+        return missing
 
     def _lock_for(self, upgrade: set[tuple[str, str]] | bool) -> Lockfile | None:
         lock = self.lockfile
@@ -160,13 +248,14 @@ class Project:
         return out
 
     # -- sync / lock ----------------------------------------------------------------------
-    def _context(self, *, stage_only: bool = False) -> ExecContext:
-        return ExecContext(records=self.records, mirrors=self.mirrors, base_dir=self.project_dir,
-                           parallel=self.parallel or self.manifest.settings.parallel, progress=self.progress,
-                           stage_only_in=self.env.cache_dir / "staging" if stage_only else None)
+    def _context(self, *, obtain_only: bool = False) -> ExecContext:
+        return ExecContext(records=self.records, mirrors=self.mirrors, base_dir=self.project_dir, cache=self.cache,
+                           parallel=self.parallel or self.settings.parallel, progress=self.progress,
+                           link_mode=self.link_mode or self.settings.link_mode, offline=self.offline,
+                           obtain_only=obtain_only)
 
-    def _finish(self, plan: Plan, outcomes: list[Outcome]) -> SyncResult:
-        """Write the lock from the outcomes (always, so finished work is kept); raise if anything failed."""
+    def _finish(self, plan: Plan, outcomes: list[Outcome], write: bool = True) -> SyncResult:
+        """Write the lock from the outcomes (so finished work is kept); raise if anything failed."""
         previous = self.lockfile.by_key() if self.lockfile else {}
         entries: dict[tuple[str, str], LockEntry] = {}
         for o in outcomes:
@@ -175,25 +264,50 @@ class Project:
             elif o.error is not None and o.action.key in previous:
                 # A failed update keeps what the lock knew, so nothing locked is forgotten.
                 entries[o.action.key] = previous[o.action.key]
-        digest = self.manifest.normalized_hash()
-        lock = Lockfile(digest).with_entries(list(entries.values()), digest)
-        written = write_lock(self.lock_path, lock)
+        if write:
+            digest = self.manifest.normalized_hash()
+            lock = Lockfile(digest).with_entries(list(entries.values()), digest)
+            written = write_lock(self.lock_path, lock)
+        else:
+            lock, written = self.lockfile or Lockfile(""), False
+        try:
+            self.cache.remember_lock(self.lock_path)
+        except OSError:
+            pass  # only `cache prune` needs it
         result = SyncResult(plan, outcomes, lock, written, self.lock_path)
         if result.failures:
             raise SyncFailed(result.failures)
         return result
 
     def sync(self, *, prune: bool = False, upgrade: set[tuple[str, str]] | bool = False,
-             plan: Plan | None = None) -> SyncResult:
-        """Install what the plan says, write the lock, raise SyncFailed if anything failed."""
+             plan: Plan | None = None, locked: bool = False, check: bool = False) -> SyncResult:
+        """Install what the plan says, write the lock, raise SyncFailed if anything failed.
+
+        ``locked``: refuse (LockStale, nothing installed) unless models.lock is up to date, and
+        never rewrite it. ``check``: raise ChangesPending if anything would change; change nothing.
+        With ``offline``, fail before installing anything if a resource is not available locally.
+        """
+        if locked:
+            self.check_locked()
         plan = plan or self.plan(prune=prune, upgrade=upgrade)
-        return self._finish(plan, execute(plan, self._context()))
+        if check:
+            if plan.changes:
+                raise ChangesPending(f"{len(plan.changes)} change(s) pending (--check):\n" + "\n".join(
+                    f"  {a.kind} {a.processor} {a.name}: {a.reason}" for a in plan.changes))
+            return SyncResult(plan, [], self.lockfile or Lockfile(""), False, self.lock_path)
+        if self.offline:
+            missing = self.offline_missing(plan)
+            if missing:
+                raise OfflineMissing(f"--offline: {len(missing)} resource(s) are neither installed nor in the cache "
+                                     f"({self.cache.root}):\n" + "\n".join(f"  {m}" for m in missing)
+                                     + f"\nFetch them with network access: modelsync sync --manifest {self.manifest_path}")
+        return self._finish(plan, execute(plan, self._context()), write=not (locked or self.frozen))
 
     def lock(self, *, upgrade: set[tuple[str, str]] | bool = False) -> SyncResult:
         """Write models.lock without installing: digests come from the lock, installed copies, or a download
         that is verified and discarded."""
         plan = self.plan(upgrade=upgrade)
-        return self._finish(plan, execute(plan, self._context(stage_only=True)))
+        return self._finish(plan, execute(plan, self._context(obtain_only=True)))
 
     # -- status / verify ------------------------------------------------------------------
     def status(self) -> list[StatusRow]:

@@ -1,0 +1,295 @@
+"""The shared content-addressed cache: downloaded blobs by SHA-256, unpacked trees by tree digest.
+
+Layout under the cache dir (``$MODELSYNC_CACHE_DIR``, default ``$XDG_CACHE_HOME/ocrd-modelsync``):
+
+    blobs/sha256/<aa>/<sha256>   a downloaded artifact, read-only, mtime 0
+    trees/<aa>/<digest>/         an unpacked archive member (or copied directory), read-only files
+    used/<key>                   touched when an entry is used (for ``cache prune --older-than``)
+    projects/<key>.json          locks seen on this machine (for ``cache prune``)
+    tmp/                         downloads and unpacking in progress
+
+Correctness never depends on locks (flock does nothing on NFS): every write goes to a
+unique temp name and is renamed into place; two processes adding the same entry both
+succeed, as the content is the same by construction. Entries carry mtime 0 as a seal:
+a file edited in place (through a hardlink, say) gets a new mtime and is re-hashed
+before it is trusted again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import temp_name, write_text_atomic
+from .digest import digest_path, sha256_file, walk_tree
+
+SEAL_NS = 0  # mtime of sealed cache files
+LINK_MODES = ("auto", "hardlink", "copy")
+
+
+def _seal_file(path: Path) -> None:
+    os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    os.utime(path, ns=(SEAL_NS, SEAL_NS))
+
+
+def _is_sealed(st: os.stat_result) -> bool:
+    return st.st_mtime_ns == SEAL_NS
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """``cache info``."""
+
+    path: str
+    blobs: int
+    trees: int
+    bytes: int
+    projects: int
+
+
+class Cache:
+    """A content-addressed store shared by every project of the user."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    # -- paths -----------------------------------------------------------------------
+    @property
+    def tmp(self) -> Path:
+        """Where downloads and unpacking happen (same filesystem as the entries)."""
+        return self.root / "tmp"
+
+    def blob_path(self, sha256: str) -> Path:
+        """Where the blob of ``sha256`` lives."""
+        return self.root / "blobs" / "sha256" / sha256[:2] / sha256
+
+    def tree_path(self, digest: str) -> Path:
+        """Where the unpacked tree with ``digest`` lives."""
+        return self.root / "trees" / digest[:2] / digest
+
+    def _touch_used(self, key: str) -> None:
+        marker = self.root / "used" / key
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass  # bookkeeping for prune only
+
+    # -- blobs -----------------------------------------------------------------------
+    def get_blob(self, sha256: str) -> Path | None:
+        """The verified blob of ``sha256``, or None. A blob whose seal is broken is re-hashed."""
+        path = self.blob_path(sha256)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if not _is_sealed(st):
+            if sha256_file(path) != sha256:
+                self._discard(path)
+                return None
+            _seal_file(path)
+        self._touch_used(sha256)
+        return path
+
+    def add_blob(self, temp: Path, sha256: str) -> Path:
+        """Move a verified temp file into the store (atomic; an existing copy wins)."""
+        final = self.blob_path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _seal_file(temp)
+        os.replace(temp, final)
+        self._touch_used(sha256)
+        return final
+
+    # -- trees -----------------------------------------------------------------------
+    def get_tree(self, digest: str) -> Path | None:
+        """The cached tree (or single file) with ``digest``, or None; re-digested if a seal is broken."""
+        path = self.tree_path(digest)
+        if not os.path.lexists(path):
+            return None
+        try:
+            entries = [path] if not path.is_dir() else [p for _, _, p in walk_tree(path)]
+            sealed = all(_is_sealed(p.lstat()) for p in entries if p.is_file() and not p.is_symlink())
+        except OSError:
+            return None
+        if not sealed:
+            if digest_path(path)[0] != digest:
+                self._discard(path)
+                return None
+            self._seal_tree(path)
+        self._touch_used(digest)
+        return path
+
+    def _seal_tree(self, path: Path) -> None:
+        if not path.is_dir():
+            _seal_file(path)
+            return
+        for _, st, p in walk_tree(path):
+            if stat.S_ISREG(st.st_mode):
+                _seal_file(p)
+
+    def add_tree(self, temp: Path, digest: str) -> Path:
+        """Move a verified temp tree (or file) into the store; if another process won, keep theirs."""
+        final = self.tree_path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._seal_tree(temp)
+        try:
+            os.rename(temp, final)
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise
+            self._discard(temp)  # the same digest is already there
+        self._touch_used(digest)
+        return final
+
+    def _discard(self, path: Path) -> None:
+        from .install import remove_path
+
+        if path.is_dir() and not path.is_symlink():
+            for root, dirs, _ in os.walk(path):
+                for d in dirs:
+                    os.chmod(os.path.join(root, d), 0o755)
+        remove_path(path)
+
+    # -- projects (for prune) --------------------------------------------------------------
+    def remember_lock(self, lock_path: Path) -> None:
+        """Note that a lock on this machine references cache entries."""
+        import hashlib
+
+        key = hashlib.sha256(os.fsencode(str(lock_path.absolute()))).hexdigest()[:32]
+        target = self.root / "projects" / f"{key}.json"
+        if not target.exists():
+            write_text_atomic(target, json.dumps({"lock": str(lock_path.absolute())}))
+
+    def known_locks(self) -> list[Path]:
+        """Lock files recorded by :meth:`remember_lock` that still exist."""
+        out = []
+        for f in sorted((self.root / "projects").glob("*.json")):
+            try:
+                path = Path(json.loads(f.read_text())["lock"])
+            except (OSError, ValueError, KeyError):
+                continue
+            if path.exists():
+                out.append(path)
+            else:
+                f.unlink(missing_ok=True)
+        return out
+
+    def referenced(self) -> set[str]:
+        """Every sha256 and tree digest that a known lock on this machine names."""
+        from .errors import LockfileError
+        from .lockfile import load_lock
+
+        keys: set[str] = set()
+        for path in self.known_locks():
+            try:
+                lock = load_lock(path)
+            except LockfileError:
+                continue  # a broken lock protects nothing; it will be rewritten by its project
+            for e in lock.entries if lock else ():
+                keys.update(k for k in (e.sha256, e.installed_sha256) if k)
+        return keys
+
+    # -- maintenance -------------------------------------------------------------------
+    def entries(self) -> list[tuple[str, str, Path]]:
+        """Every entry as (kind, key, path); kind is ``blob`` or ``tree``."""
+        out = []
+        for kind, base in (("blob", self.root / "blobs" / "sha256"), ("tree", self.root / "trees")):
+            if not base.is_dir():
+                continue
+            for shard in sorted(base.iterdir()):
+                for entry in sorted(shard.iterdir()) if shard.is_dir() else []:
+                    out.append((kind, entry.name, entry))
+        return out
+
+    def size_of(self, path: Path) -> int:
+        """Bytes of an entry (a tree's files added up)."""
+        if not path.is_dir():
+            return path.lstat().st_size
+        return sum(st.st_size for _, st, _ in walk_tree(path) if stat.S_ISREG(st.st_mode))
+
+    def stats(self) -> CacheStats:
+        """Counts and total size."""
+        entries = self.entries()
+        return CacheStats(str(self.root), sum(1 for k, _, _ in entries if k == "blob"),
+                          sum(1 for k, _, _ in entries if k == "tree"),
+                          sum(self.size_of(p) for _, _, p in entries), len(self.known_locks()))
+
+    def last_used(self, key: str, path: Path) -> float:
+        """When an entry was last used (its marker), else when it was added."""
+        for p in (self.root / "used" / key, path):
+            try:
+                return p.lstat().st_mtime if p != path else p.lstat().st_ctime
+            except OSError:
+                continue
+        return 0.0
+
+    def prune(self, referenced: set[str], *, older_than_days: float | None = None, dry_run: bool = False
+              ) -> list[tuple[str, str, int]]:
+        """Remove entries not in ``referenced`` (and, if given, unused for that many days)."""
+        now = time.time()
+        removed = []
+        for kind, key, path in self.entries():
+            if older_than_days is None and key in referenced:
+                continue
+            if older_than_days is not None and now - self.last_used(key, path) < older_than_days * 86400:
+                continue
+            size = self.size_of(path)
+            removed.append((kind, key, size))
+            if not dry_run:
+                self._discard(path)
+                (self.root / "used" / key).unlink(missing_ok=True)
+        if not dry_run:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return removed
+
+
+def place(source: Path, final: Path, link_mode: str, on_fallback=None) -> tuple[Path, str]:
+    """Put a copy of a cached file or tree at a temp path beside ``final``; return (temp, mode used).
+
+    ``auto`` hardlinks where the filesystem allows and copies otherwise (calling
+    ``on_fallback(reason)`` once); ``hardlink`` fails instead of copying.
+    """
+    temp = temp_name(final.parent, final.name, suffix=".d" if source.is_dir() else ".part")
+    used = "hardlink" if link_mode in ("auto", "hardlink") else "copy"
+
+    def link_or_copy(src: str, dst: str) -> None:
+        nonlocal used
+        if used == "hardlink":
+            try:
+                os.link(src, dst)
+                return
+            except OSError as err:
+                if link_mode == "hardlink":
+                    raise
+                used = "copy"
+                if on_fallback:
+                    on_fallback(f"hardlinks not possible from the cache to {final.parent} ({err.strerror}); "
+                                "copying instead (--link-mode copy silences this)")
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o644)
+
+    try:
+        if source.is_dir():
+            os.mkdir(temp)
+            for rel, st, path in walk_tree(source):
+                dst = temp / rel
+                if stat.S_ISDIR(st.st_mode):
+                    dst.mkdir()
+                elif stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(path), dst)
+                else:
+                    link_or_copy(str(path), str(dst))
+        else:
+            link_or_copy(str(source), str(temp))
+    except BaseException:
+        from .install import remove_path
+
+        remove_path(temp)
+        raise
+    return temp, used
