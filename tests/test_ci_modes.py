@@ -338,19 +338,33 @@ def _docker_root(root: Path) -> dict[str, str]:
             "XDG_STATE_HOME": str(root / "home" / ".local" / "state"), "TESSDATA_PREFIX": str(root / "tessdata")}
 
 
+def _recipe_commands() -> list[list[str]]:
+    """The `modelsync ...` command lines of examples/Dockerfile (the RUN line, then the offline variant)."""
+    import shlex
+
+    from conftest import REPO
+
+    lines = (REPO / "examples" / "Dockerfile").read_text().splitlines()
+    cmds = [shlex.split(line.split("modelsync", 1)[1]) for line in lines if "modelsync sync" in line]
+    assert len(cmds) == 2, cmds
+    return cmds
+
+
 def test_docker_recipe_cold_then_offline_frozen_from_the_cache_alone(sandbox, server):
     _manifest(sandbox, server)
     assert sandbox.run("lock").code == 0
     shutil.rmtree(sandbox.cache)
-    cache = sandbox.root / "buildkit-cache"  # RUN --mount=type=cache,target=...
+    cache = sandbox.root / "buildkit-cache"  # RUN --mount=type=cache,target=/var/cache/modelsync
+    recipe = [[str(cache) if a == "/var/cache/modelsync" else a for a in cmd] for cmd in _recipe_commands()]
+    assert recipe[0][:2] == ["sync", "--locked"] and {"--offline", "--frozen"} <= set(recipe[1])
     trees, locks = [], []
-    for i, args in enumerate([("sync", "--locked"), ("sync", "--offline", "--frozen")]):
+    for i, args in enumerate(recipe):
         root = sandbox.root / f"image{i}"
         for k, v in _docker_root(root).items():
             sandbox.monkeypatch.setenv(k, v)
         if i == 1:
             server.stop()  # the second build has no network at all
-        r = sandbox.run(*args, "--cache-dir", str(cache))
+        r = sandbox.run(*args)
         assert r.code == 0, r.err
         trees.append(tree_files(root / "usr"))
         trees[-1].update({f"tess/{k}": v for k, v in tree_files(root / "tessdata").items()})
@@ -391,4 +405,17 @@ def test_json_output_is_one_document_and_nothing_else(sandbox, server, args):
     r = sandbox.run(*args)
     assert r.code == 0, r.err
     doc = json.loads(r.out)  # raises if anything else is on stdout
-    assert isinstance(doc, dict)
+    assert isinstance(doc, dict) and doc["schema_version"] == 1
+
+
+def test_ci_workflow_caches_by_lock_hash_and_syncs_locked():
+    import yaml
+    from conftest import REPO
+
+    wf = yaml.safe_load((REPO / "examples" / "ci" / "models.yml").read_text())
+    steps = wf["jobs"]["ocr"]["steps"]
+    cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache"))
+    assert "hashFiles('models.lock')" in cache["with"]["key"]
+    assert cache["with"]["path"] == "${{ env.MODELSYNC_CACHE_DIR }}"
+    runs = [s["run"] for s in steps if "run" in s]
+    assert "modelsync sync --locked" in runs

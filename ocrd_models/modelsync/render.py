@@ -42,8 +42,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+JSON_SCHEMA_VERSION = 1  # bump on any incompatible change of a --json document (README, "Machine-readable")
+
+
 def emit_json(doc: dict[str, Any]) -> None:
     """Print one JSON document on stdout (the only thing printed there with --json)."""
+    doc = {"schema_version": JSON_SCHEMA_VERSION, **doc}
     sys.stdout.write(json.dumps(_plain(doc), indent=2, ensure_ascii=False, sort_keys=False) + "\n")
     sys.stdout.flush()
 
