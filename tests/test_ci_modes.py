@@ -150,8 +150,10 @@ def test_offline_without_a_lock_cannot_know_the_bytes(sandbox, server):
 def test_check_changes_nothing_and_reports_pending_changes(sandbox, server):
     _manifest(sandbox, server)
     r = sandbox.run("sync", "--check")
-    assert r.code == 7 and "install ocrd-tesserocr-recognize a.traineddata" in r.err
+    assert r.code == 7 and "2 change(s) pending" in r.err and "a.traineddata" in r.out
     assert not sandbox.lock.exists() and server.requests == []
+    r = sandbox.run("sync", "--check", "--json")
+    assert r.code == 7 and json.loads(r.out)["changes"] == 2
     assert sandbox.run("sync").code == 0
     assert sandbox.run("sync", "--check").code == 0
     assert sandbox.run("plan", "--check").code == 0

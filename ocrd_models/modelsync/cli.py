@@ -125,6 +125,19 @@ def _render_plan(plan, title: str) -> None:
                      markup=False, highlight=False)
 
 
+def _report_check(plan, json_out: bool) -> None:
+    """Show the plan, then exit 7 if it changes anything (``--check``)."""
+    from . import render
+    from .errors import ChangesPending
+
+    if json_out:
+        render.emit_json(_plan_doc(plan))
+    else:
+        _render_plan(plan, "plan")
+    if plan.changes:
+        raise ChangesPending(f"{len(plan.changes)} change(s) pending (--check); run `modelsync sync` to apply them")
+
+
 @app.command()
 def init(
     manifest: ManifestOpt = Path(MANIFEST_NAME),
@@ -280,10 +293,11 @@ def sync(
         if locked:
             project.check_locked()  # before planning: a stale lock must not cost any hashing
         plan = project.plan(prune=prune, upgrade=_upgrade_keys(project, upgrade, upgrade_model))
-        if check and not json_out:
-            _render_plan(plan, "plan")
+        if check:
+            _report_check(plan, json_out)
+            return
         try:
-            result = project.sync(plan=plan, locked=locked, check=check)
+            result = project.sync(plan=plan, locked=locked)
             failures, outcomes, lock_written = [], result.outcomes, result.lock_written
         except SyncFailed as err:
             failures, outcomes, lock_written = err.failures, None, None
@@ -320,18 +334,15 @@ def plan(
     \b
     Example: modelsync plan
     """
-    from .errors import ChangesPending
-
-    project = _project(manifest, None, None)
-    p = project.plan(prune=prune)
-    if json_out:
+    p = _project(manifest, None, None).plan(prune=prune)
+    if check:
+        _report_check(p, json_out)
+    elif json_out:
         from . import render
 
         render.emit_json(_plan_doc(p))
     else:
         _render_plan(p, "plan")
-    if check and p.changes:
-        raise ChangesPending(f"{len(p.changes)} change(s) pending; run `modelsync sync`")
 
 
 @app.command()
