@@ -55,4 +55,4 @@ def declare(manifest: Path, env: Environment, found: ImportResult) -> None:
         spec = {"name": row.name, "location": row.location if row.location != default else None}
         by_proc.setdefault(row.processor, []).append(spec)
     for proc, specs in sorted(by_proc.items()):
-        edit.add(manifest, proc, specs)
+        edit.add(manifest, proc, specs, replace=False)  # a project's own declaration always wins

@@ -77,8 +77,11 @@ def _item_name(item: Any) -> str | None:
     return None
 
 
-def add(path: Path, processor: str, specs: list[dict[str, Any]]) -> list[str]:
-    """Declare models for a processor (a plain name stays a string); return names newly added."""
+def add(path: Path, processor: str, specs: list[dict[str, Any]], *, replace: bool = True) -> list[str]:
+    """Declare models for a processor (a plain name stays a string); return names newly added.
+
+    An existing declaration of the same name is updated (``replace``) or left alone.
+    """
     _, doc = _load(path)
     procs = _processors(doc)
     if processor not in procs:
@@ -97,7 +100,8 @@ def add(path: Path, processor: str, specs: list[dict[str, Any]]) -> list[str]:
             value = tomlkit.inline_table()
             value.update({"name": name, **extra})
         if name in existing:
-            arr[existing[name]] = value  # re-adding with options updates the entry
+            if replace:
+                arr[existing[name]] = value  # re-adding with options updates the entry
         else:
             arr.append(value)
             added.append(name)

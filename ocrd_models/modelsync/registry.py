@@ -23,6 +23,10 @@ from typing import Iterable
 from .resource import ResourceEntry
 from .settings import TESSEROCR_PREFIX, TESSEROCR_RECOGNIZE, Environment
 
+# `ocrd resmgr list-installed` writes stubs with this url for files of unknown origin
+# (ocrd/resource_manager.py add_to_user_database); OCR-D skips them when downloading, and so do we.
+OCRD_UNKNOWN_URL = "???"
+
 _PRECEDENCE = {"manifest": 0, "user-database": 1, "processor": 2, "bundled": 3}
 
 
@@ -61,6 +65,8 @@ class Registry:
         if tool.get("resource_locations"):
             self._locations[exe] = list(tool["resource_locations"])
         for raw in tool.get("resources") or []:
+            if isinstance(raw, dict) and raw.get("url") == OCRD_UNKNOWN_URL:
+                continue  # OCR-D's stub for a file it found but cannot attribute: nothing to download
             try:
                 self.add(ResourceEntry.from_ocrd(exe, raw, source))
             except (KeyError, TypeError, ValueError):
