@@ -1,7 +1,11 @@
-"""A real HTTP server on 127.0.0.1 for tests: serves in-memory files, supports Range, injects faults."""
+"""A real HTTP(S) server on 127.0.0.1 for tests: serves in-memory files, supports Range, injects faults."""
 
 from __future__ import annotations
 
+import hashlib
+import socket
+import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,26 +15,35 @@ from urllib.parse import urlsplit
 
 @dataclass
 class Fault:
-    """A fault for one path: an HTTP status, a truncated body, or a redirect."""
+    """A fault for one path. ``times`` limits how many requests it applies to."""
 
-    status: int | None = None
-    truncate_at: int | None = None  # send Content-Length of the full body, then close early
+    status: int | None = None  # answer with this status (and ``headers``), no body
+    truncate_at: int | None = None  # send the full Content-Length, then close after this many bytes
+    no_length: bool = False  # no Content-Length header, close-delimited body
+    reset_at: int | None = None  # send this many bytes, then reset the connection (RST)
+    stall_at: int | None = None  # send this many bytes, then go silent for ``stall_for`` seconds
+    stall_for: float = 0.0
+    ignore_range: bool = False  # answer 200 with the whole body even to a Range request
     redirect_to: str | None = None
-    times: int = 1_000_000  # how many requests it applies to
+    then_serve: bytes | None = None  # after the fault fired, the path serves these bytes instead
+    times: int = 1_000_000
     headers: dict[str, str] = field(default_factory=dict)
 
 
 class FileServer:
-    """Serve ``files`` (path -> bytes) on an ephemeral port; record each request path."""
+    """Serve ``files`` (path -> bytes) on an ephemeral port; record each request (method, path, headers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self.files: dict[str, bytes] = {}
         self.faults: dict[str, Fault] = {}
         self.requests: list[tuple[str, str]] = []
+        self.headers_seen: list[tuple[str, dict[str, str]]] = []
         self.delay = 0.0  # seconds each GET waits before answering (to observe overlap)
+        self.rate: int | None = None  # bytes per second per response (to spread a download over time)
         self.inflight = 0
         self.max_inflight = 0
         self._lock = threading.Lock()
+        self.tls = tls
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,71 +63,109 @@ class FileServer:
                     if server.delay:
                         time.sleep(server.delay)
                     self._serve(head=False)
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                    pass
                 finally:
                     with server._lock:
                         server.inflight -= 1
+
+            def _empty(self, status: int, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _write(self, data: bytes) -> None:
+                if not server.rate:
+                    self.wfile.write(data)
+                    return
+                step = max(1, server.rate // 20)
+                for i in range(0, len(data), step):
+                    self.wfile.write(data[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(step / server.rate)
 
             def _serve(self, head: bool):
                 path = urlsplit(self.path).path
                 with server._lock:
                     server.requests.append((self.command, self.path))
+                    server.headers_seen.append((self.path, dict(self.headers)))
                     fault = server.faults.get(path)
                     if fault is not None:
                         fault.times -= 1
                         if fault.times < 0:
                             fault = None
                     body = server.files.get(path)
+                    if fault is not None and fault.then_serve is not None:
+                        server.files[path] = fault.then_serve
                 if fault is not None and fault.redirect_to:
-                    self.send_response(302)
-                    self.send_header("Location", fault.redirect_to)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self._empty(302, {"Location": fault.redirect_to})
                 if fault is not None and fault.status:
-                    self.send_response(fault.status)
-                    for k, v in fault.headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self._empty(fault.status, fault.headers)
                 if body is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                start, end = 0, len(body)
+                    return self._empty(404)
+                etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+                start, end, status = 0, len(body), 200
                 rng = self.headers.get("Range")
-                status = 200
-                if rng and rng.startswith("bytes="):
+                if_range = self.headers.get("If-Range")
+                ranged = rng and rng.startswith("bytes=") and not (fault and fault.ignore_range)
+                if ranged and (if_range is None or if_range == etag):
                     a, _, b = rng[6:].partition("-")
                     start = int(a or 0)
                     end = int(b) + 1 if b else len(body)
+                    if start >= len(body):
+                        return self._empty(416, {"Content-Range": f"bytes */{len(body)}"})
                     status = 206
                 self.send_response(status)
-                self.send_header("Content-Length", str(end - start))
+                if not (fault and fault.no_length):
+                    self.send_header("Content-Length", str(end - start))
+                else:
+                    self.send_header("Connection", "close")
                 self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", etag)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(body)}")
                 self.end_headers()
                 if head:
                     return
                 chunk = body[start:end]
-                if fault is not None and fault.truncate_at is not None:
-                    chunk = chunk[: fault.truncate_at]
-                    self.wfile.write(chunk)
+                if fault is None:
+                    return self._write(chunk)
+                if fault.stall_at is not None:
+                    self._write(chunk[: fault.stall_at])
+                    self.wfile.flush()
+                    time.sleep(fault.stall_for)
+                    self.close_connection = True
+                    return
+                if fault.reset_at is not None:
+                    self._write(chunk[: fault.reset_at])
+                    self.wfile.flush()
+                    # SO_LINGER 0: close() sends RST, a real "connection reset by peer".
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
+                if fault.truncate_at is not None:
+                    self._write(chunk[: fault.truncate_at])
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                self.wfile.write(chunk)
+                self._write(chunk)
+                if fault.no_length:
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
     def base(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        """``http(s)://127.0.0.1:PORT``."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def url(self, path: str) -> str:
         """Absolute URL of a served path."""

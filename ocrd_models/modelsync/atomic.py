@@ -39,7 +39,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False, before_rename=None) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new content, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path.parent, path.name)
@@ -49,6 +49,8 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> Non
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -57,6 +59,6 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> Non
         fsync_dir(path.parent)
 
 
-def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
+def write_text_atomic(path: Path, text: str, *, durable: bool = False, before_rename=None) -> None:
     """Text variant of :func:`write_bytes_atomic` (UTF-8)."""
-    write_bytes_atomic(path, text.encode("utf-8"), durable=durable)
+    write_bytes_atomic(path, text.encode("utf-8"), durable=durable, before_rename=before_rename)

@@ -572,12 +572,15 @@ def main() -> None:
         code = app(standalone_mode=False)
     except ModelsyncError as err:
         from . import render
+        from .credentials import strip_userinfo
 
-        render.error(str(err))
+        render.error(strip_userinfo(str(err)))  # a safety net: messages already redact URLs
         sys.exit(err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         sys.stderr.write("interrupted; temporary files were removed, nothing half-written remains\n")
-        sys.exit(EXIT_INTERRUPTED)
+        sys.stderr.flush()
+        # Exit now: a download thread stuck in a socket read must not delay Ctrl-C (its temp file is gone).
+        os._exit(EXIT_INTERRUPTED)
     except Exception as err:
         # Usage errors: click's ClickException (typer >= 0.20 vendors click, so match by shape).
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):

@@ -10,9 +10,13 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .credentials import redact
 from .digest import digest_path
 from .errors import InstallError, ModelsyncError
+from . import failpoints
 from .cache import Cache, place
+from .fetch import NetConfig
+from .unpack import Limits
 from .install import Fetcher, Request, clean_temp, commit, obtain, remove_path
 from .lockfile import LockEntry
 from .planner import INSTALL, KEEP, REMOVE, UPDATE, Action, Plan
@@ -50,17 +54,20 @@ class ExecContext:
     offline: bool = False
     # Lock-only mode: obtain resources into the cache and record their digests; place nothing.
     obtain_only: bool = False
+    net: NetConfig = field(default_factory=NetConfig)
+    limits: Limits = field(default_factory=Limits)
     notices: set[str] = field(default_factory=set)
 
 
 def entry_for(w: Wanted, *, sha256: str | None, size: int | None, installed: str | None,
               fetched_url: str | None) -> LockEntry:
     """The lock entry of a wanted resource with the digests observed."""
+    url = redact(w.url)  # user info and token parameters never reach the lock
     return LockEntry(
-        processor=w.processor, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
+        processor=w.processor, name=w.name, url=url, type=w.type, path_in_archive=w.path_in_archive,
         location=w.location, sha256=sha256, size=size,
         installed_sha256=installed if (installed and installed != sha256) else None,
-        fetched_url=fetched_url if fetched_url and fetched_url != w.url else None,
+        fetched_url=fetched_url if fetched_url and fetched_url != url else None,
     )
 
 
@@ -107,7 +114,8 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
     progress.start(task, w.size)
     req = Request(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
                   expected_sha256=exp.sha256, expected_installed=exp.installed)
-    fetcher = Fetcher(ctx.mirrors, ctx.base_dir, ctx.offline, advance, lambda t: progress.update_total(task, t))
+    fetcher = Fetcher(ctx.mirrors, ctx.base_dir, ctx.offline, advance, lambda t: progress.update_total(task, t),
+                      ctx.net, ctx.limits)
     got = obtain(req, ctx.cache, fetcher)
     # Served from the cache, nothing was fetched: keep what the lock knew about the origin.
     locked = exp.locked
@@ -125,7 +133,9 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
         raise InstallError(f"cannot create {final.parent}: {err.strerror or err}. Check permissions, or choose "
                            "another location in models.toml.") from None
     temp, _ = place(got.source, final, ctx.link_mode, on_fallback=_fallback_notice(ctx))
+    failpoints.hit("place")
     sigs = commit(temp, final)
+    failpoints.hit("record")
     ctx.records.put(InstallRecord(str(final.absolute()), w.processor, w.name, got.installed_digest,
                                   final.is_dir(), sigs, w.url, entry.sha256))
     return Outcome(action, entry, path=final, from_cache=not got.downloaded)
@@ -202,7 +212,8 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
         else:
             work.append((i, action))
     # Leftovers of interrupted earlier runs go first, once per directory (never live ones).
-    for directory in sorted({a.target.parent for _, a in work} | {ctx.cache.tmp}):
+    dirs = sorted({a.target.parent for _, a in work} | {ctx.cache.tmp})
+    for directory in dirs:
         clean_temp(directory)
     if work:
         pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel, len(work))), thread_name_prefix="modelsync")
@@ -217,8 +228,13 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
                     except Cancelled:
                         pass
         except KeyboardInterrupt:
+            # Ctrl-C: workers stop at their next chunk and remove their temp files; one stuck in a
+            # socket read is not waited for beyond a moment: its temp file is removed here.
             cancel.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            wait(list(futures), timeout=2.0)
+            for directory in dirs:
+                clean_temp(directory, include_own=True)
             raise
         pool.shutdown(wait=True)
     return [outcomes[i] for i in sorted(outcomes)]

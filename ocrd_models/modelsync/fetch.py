@@ -1,8 +1,11 @@
 """Streaming download with in-stream SHA-256 into a temp file, for http(s), file:// and local paths.
 
-The temp file lives in the directory the caller chooses (the destination's, so the
-final rename is atomic); on any failure it is removed. A checksum mismatch raises
-:class:`ChecksumMismatch` after removing the bytes.
+Robust against the network as it is: retries with exponential backoff and jitter for
+transient faults (connection errors, stalls, 408/429/5xx, short bodies), bounded in count
+and total time; ``Retry-After`` honoured; resume with ``Range`` (guarded by ``If-Range``)
+after a broken connection, clean restart when the server ignores it; redirects followed
+by us, so that an https -> http downgrade is refused and credentials never reach another
+host. On any failure the temp file is removed; a checksum mismatch installs nothing.
 """
 
 from __future__ import annotations
@@ -12,23 +15,35 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
+from . import failpoints
 from .atomic import temp_name
+from .credentials import Credentials, redact
 from .errors import ChecksumMismatch, InstallError, NetworkError, UserInputError
 
 CHUNK = 1 << 20
-CONNECT_TIMEOUT = 15.0
-READ_TIMEOUT = 60.0  # per read, not total: a stalled server fails instead of hanging CI
-RETRIES = 4
-BACKOFF = 0.5  # seconds, doubled each retry, with jitter
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 USER_AGENT = "ocrd-modelsync (+https://pypi.org/project/ocrd-modelsync/)"
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+MAX_REDIRECTS = 10
 
 Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """How hard to try. README: "Network settings" (settings, env, flags)."""
+
+    retries: int = 4  # extra attempts after the first
+    backoff: float = 0.5  # seconds before the first retry; doubled each time, with jitter
+    max_retry_time: float = 300.0  # give up retrying once this many seconds have passed
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0  # per read: a stalled server fails instead of hanging CI
+    allow_http: frozenset[str] = frozenset()  # hosts an https URL may redirect to over plain http
+    credentials: Credentials = field(default_factory=Credentials)
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,7 @@ class Fetched:
     path: Path
     sha256: str
     size: int
-    fetched_url: str  # after mirrors and redirects
+    fetched_url: str  # after mirrors and redirects, credentials removed
 
 
 def apply_mirrors(url: str, mirrors: dict[str, str]) -> str:
@@ -79,10 +94,197 @@ def session():
     if s is None:
         import requests
 
-        s = requests.Session()
+        s = requests.Session()  # trust_env: proxies, CA bundles (REQUESTS_CA_BUNDLE) and netrc as usual
         s.headers["User-Agent"] = USER_AGENT
         _sessions.session = s
     return s
+
+
+class _HeaderAuth:
+    """requests auth that sets our headers; being explicit, it also keeps requests from applying netrc
+    over a token of higher precedence (requests only consults netrc when no auth is given)."""
+
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
+
+    def __call__(self, request):
+        request.headers.update(self.headers)
+        return request
+
+    def __bool__(self) -> bool:
+        return bool(self.headers)
+
+
+class _Transient(Exception):
+    """A fault worth another attempt."""
+
+    def __init__(self, reason: str, after: float | None = None, restart: bool = False):
+        super().__init__(reason)
+        self.after = after  # Retry-After seconds
+        self.restart = restart  # the partial bytes are worthless
+
+
+def _retry_after(resp) -> float | None:
+    value = (resp.headers.get("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
+    if value:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+class _Download:
+    """One HTTP download into ``dest``: state kept across attempts for resuming."""
+
+    def __init__(self, url: str, dest: Path, net: NetConfig, progress: Progress | None,
+                 on_total: Callable[[int | None], None] | None, expected: str | None):
+        self.url, self.dest, self.net = url, dest, net
+        self.progress, self.on_total, self.expected = progress, on_total, expected
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.total: int | None = None
+        self.validator: str | None = None  # ETag or Last-Modified of the bytes we have
+        self.final_url = url
+
+    def _restart(self) -> None:
+        if self.progress and self.size:
+            self.progress(-self.size)
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.validator = None
+        with open(self.dest, "wb"):
+            pass
+
+    def _request(self):
+        """GET with our own redirect handling; returns the final response (streaming)."""
+        url, seen = self.url, []
+        for _ in range(MAX_REDIRECTS + 1):
+            headers = {}
+            # Credentials of this URL's host only: a redirect to another host never carries them.
+            auth = _HeaderAuth(self.net.credentials.for_url(url))
+            if self.size:
+                headers["Range"] = f"bytes={self.size}-"
+                if self.validator:
+                    headers["If-Range"] = self.validator
+            resp = session().get(url, stream=True, allow_redirects=False, headers=headers, auth=auth,
+                                 timeout=(self.net.connect_timeout, self.net.read_timeout))
+            if resp.status_code not in (301, 302, 303, 307, 308):
+                self.final_url = url
+                return resp
+            resp.close()
+            target = urljoin(url, resp.headers.get("Location", ""))
+            if target in seen or target == url:
+                raise NetworkError(f"download of {redact(self.url)} failed: redirect loop at {redact(target)}")
+            old, new = urlsplit(url), urlsplit(target)
+            if old.scheme == "https" and new.scheme == "http" and (new.hostname or "") not in self.net.allow_http:
+                raise NetworkError(
+                    f"download of {redact(self.url)} refused: it redirects from https to plain http "
+                    f"({redact(target)}). If you trust that host, allow it: [settings] allow_http = "
+                    f"[\"{new.hostname}\"] in models.toml.")
+            if new.scheme not in ("http", "https"):
+                raise NetworkError(f"download of {redact(self.url)} refused: redirect to {new.scheme}: URL")
+            seen.append(url)
+            url = target
+        raise NetworkError(f"download of {redact(self.url)} failed: more than {MAX_REDIRECTS} redirects")
+
+    def attempt(self) -> None:
+        """One attempt; raises _Transient for faults worth retrying."""
+        import requests
+        import urllib3
+
+        try:
+            with self._request() as resp:
+                status = resp.status_code
+                if status in RETRY_STATUS:
+                    raise _Transient(f"HTTP {status} {resp.reason}", _retry_after(resp))
+                if status == 416:  # our range is past the end: the file changed
+                    raise _Transient("server rejected the resume range", restart=True)
+                if status >= 400:
+                    hint = ("check the URL in models.toml or the registry entry; a mirror setting may point to a "
+                            "wrong prefix" if status in (404, 410) else
+                            "the server refused access: credentials may be needed (README: \"Credentials\")"
+                            if status in (401, 403) else "the server refused the request")
+                    raise NetworkError(f"download of {redact(self.url)} failed: HTTP {status} {resp.reason}; {hint}")
+                if self.size and status != 206:
+                    self._restart()  # the server ignored Range (or If-Range saw new content): from scratch
+                elif status == 206:
+                    start = int((resp.headers.get("Content-Range") or "bytes 0-").split()[1].split("-")[0] or 0)
+                    if start != self.size:
+                        self._restart()
+                        raise _Transient(f"server resumed at byte {start}, not {self.size}", restart=True)
+                length = resp.headers.get("Content-Length")
+                expected_len = self.size + int(length) if length and length.isdigit() else None
+                if self.total is None:
+                    self.total = expected_len if status != 206 else self._full_size(resp)
+                    if self.on_total:
+                        self.on_total(self.total)
+                self.validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+                raw = resp.raw
+                raw.decode_content = False  # the stored bytes, never a Content-Encoding-decoded variant
+                with open(self.dest, "ab", buffering=0) as fout:
+                    while True:
+                        chunk = raw.read(CHUNK)
+                        if not chunk:
+                            break
+                        self.hash.update(chunk)
+                        fout.write(chunk)
+                        self.size += len(chunk)
+                        if self.progress:
+                            self.progress(len(chunk))
+                        failpoints.hit("download")
+                if expected_len is not None and self.size < expected_len:
+                    raise _Transient(f"connection closed after {self.size} of {expected_len} bytes")
+                if expected_len is None and self.expected and self.hash.hexdigest() != self.expected:
+                    # Without Content-Length a cut connection looks like the end: try again from scratch.
+                    raise _Transient("body ended early (no Content-Length) or changed", restart=True)
+        except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as err:
+            # urllib3 errors surface from resp.raw.read(): a connection reset or stall mid-stream.
+            raise _Transient(_reason(err)) from None
+        except requests.RequestException as err:
+            raise NetworkError(f"download of {redact(self.url)} failed: {_reason(err)}") from None
+
+    @staticmethod
+    def _full_size(resp) -> int | None:
+        rng = resp.headers.get("Content-Range") or ""
+        total = rng.rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+
+    def run(self) -> tuple[str, int, str]:
+        started = time.monotonic()
+        last: _Transient | None = None
+        for attempt in range(self.net.retries + 1):
+            if attempt:
+                delay = self.net.backoff * (2 ** (attempt - 1)) * (0.75 + random.random() * 0.5)
+                if last is not None and last.after is not None:
+                    delay = max(delay, last.after)
+                if time.monotonic() - started + delay > self.net.max_retry_time:
+                    break
+                time.sleep(delay)
+                if last is not None and last.restart:
+                    self._restart()
+            try:
+                self.attempt()
+                return self.hash.hexdigest(), self.size, self.final_url
+            except _Transient as err:
+                last = err
+        raise NetworkError(f"download of {redact(self.url)} failed after {attempt + 1} attempt(s): {last}. "
+                           "Check the network (or the mirror setting) and run the command again; retries and "
+                           "timeouts are set in [settings.network].")
+
+
+def _reason(err: Exception) -> str:
+    text = str(err)
+    for marker in ("Failed to establish a new connection: ", "Read timed out", "Connection refused",
+                   "Connection broken", "Connection reset"):
+        if marker in text:
+            i = text.index(marker)
+            return text[i:].split("'))")[0].rstrip("')")[:200]
+    return redact(text[:300])
 
 
 def _check(expected: str | None, actual: str, what: str, path: Path) -> None:
@@ -108,97 +310,15 @@ def _copy_local(src: Path, dest: Path, progress: Progress | None) -> tuple[str, 
     return h.hexdigest(), size
 
 
-def _retry_after(resp) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
-
-
-def _http(url: str, dest: Path, progress: Progress | None, on_total: Callable[[int | None], None] | None
-          ) -> tuple[str, int, str]:
-    import requests
-    import urllib3
-
-    last: Exception | None = None
-    for attempt in range(RETRIES + 1):
-        if attempt:
-            delay = BACKOFF * (2 ** (attempt - 1)) * (1 + random.random() * 0.25)
-            if isinstance(last, _Retry) and last.after is not None:
-                delay = min(max(delay, last.after), 60.0)
-            time.sleep(delay)
-        try:
-            with session().get(url, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as resp:
-                if resp.status_code in RETRY_STATUS:
-                    last = _Retry(f"HTTP {resp.status_code} {resp.reason}", _retry_after(resp))
-                    continue
-                if resp.status_code >= 400:
-                    raise NetworkError(
-                        f"download of {url} failed: HTTP {resp.status_code} {resp.reason}. "
-                        + ("Check the URL in models.toml or the registry entry; a mirror setting may point to a "
-                           "wrong prefix." if resp.status_code in (404, 410) else
-                           "The server refused access; credentials may be needed.")
-                    )
-                total = resp.headers.get("Content-Length")
-                expected_len = int(total) if total and total.isdigit() else None
-                if on_total:
-                    on_total(expected_len)
-                h = hashlib.sha256()
-                size = 0
-                with open(dest, "wb", buffering=0) as fout:
-                    raw = resp.raw
-                    raw.decode_content = False
-                    while True:
-                        chunk = raw.read(CHUNK)
-                        if not chunk:
-                            break
-                        h.update(chunk)
-                        fout.write(chunk)
-                        size += len(chunk)
-                        if progress:
-                            progress(len(chunk))
-                # Content-Encoding is not decoded (we want the stored bytes); a short body is an error.
-                if expected_len is not None and size != expected_len:
-                    last = _Retry(f"connection closed after {size} of {expected_len} bytes", None)
-                    if progress:
-                        progress(-size)
-                    continue
-                return h.hexdigest(), size, resp.url
-        except NetworkError:
-            raise
-        except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as err:
-            # urllib3 errors surface from resp.raw.read(): a connection reset or short body mid-stream.
-            last = _Retry(_reason(err), None)
-        except requests.RequestException as err:
-            raise NetworkError(f"download of {url} failed: {_reason(err)}") from None
-        except OSError as err:
-            raise InstallError(f"cannot write {dest}: {err.strerror or err}") from None
-    raise NetworkError(f"download of {url} failed after {RETRIES + 1} attempts: {last}. "
-                       "Check the network (or the mirror setting) and run the command again.")
-
-
-class _Retry(Exception):
-    def __init__(self, reason: str, after: float | None):
-        super().__init__(reason)
-        self.after = after
-
-
-def _reason(err: Exception) -> str:
-    text = str(err)
-    for marker in ("Failed to establish a new connection: ", "Read timed out", "Connection refused"):
-        if marker in text:
-            i = text.index(marker)
-            return text[i:].split("'))")[0].rstrip("')")
-    return text[:300]
-
-
 def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, base_dir: Path = Path("."),
           expected_sha256: str | None = None, progress: Progress | None = None,
-          on_total: Callable[[int | None], None] | None = None, what: str = "") -> Fetched:
+          on_total: Callable[[int | None], None] | None = None, what: str = "",
+          net: NetConfig | None = None) -> Fetched:
     """Download ``url`` into a temp file in ``directory`` while hashing; verify; return it.
 
     Raises NetworkError, ChecksumMismatch, InstallError or UserInputError (a missing local file).
     """
+    net = net or NetConfig()
     directory.mkdir(parents=True, exist_ok=True)
     dest = temp_name(directory, what or Path(urlsplit(url).path).name)
     src = local_source(url, base_dir)
@@ -214,9 +334,17 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
                 raise InstallError(f"cannot copy {src} to {directory}: {err.strerror or err}") from None
             final = url
         else:
-            sha, size, final = _http(apply_mirrors(url, mirrors or {}), dest, progress, on_total)
-            final = unmirror(final, url, mirrors or {})
-        _check(expected_sha256, sha, what or url, dest)
+            dest.touch()
+            try:
+                sha, size, final = _Download(apply_mirrors(url, mirrors or {}), dest, net, progress, on_total,
+                                             expected_sha256).run()
+            except NetworkError:
+                raise  # a ConnectionError, hence an OSError, but not a disk problem
+            except OSError as err:
+                raise InstallError(f"cannot write {dest}: {err.strerror or err}") from None
+            final = redact(unmirror(final, url, mirrors or {}))
+        failpoints.hit("hashed")
+        _check(expected_sha256, sha, what or redact(url), dest)
         return Fetched(dest, sha, size, final)
     except BaseException:
         dest.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,8 +26,9 @@ from .atomic import TEMP_PREFIX, fsync_dir, temp_name, temp_owner
 from .cache import Cache
 from .digest import StatSig, current_sigs, digest_path
 from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError
-from .fetch import fetch, local_source
-from .unpack import extract, select
+from . import failpoints
+from .fetch import NetConfig, fetch, local_source
+from .unpack import Limits, extract, select
 
 
 def remove_path(path: Path) -> None:
@@ -75,6 +76,8 @@ class Fetcher:
     offline: bool = False
     progress: Callable[[int], None] | None = None
     on_total: Callable[[int | None], None] | None = None
+    net: NetConfig = field(default_factory=NetConfig)
+    limits: Limits = field(default_factory=Limits)
 
 
 def _blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
@@ -92,7 +95,7 @@ def _blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str |
         raise InstallError(f"cannot create the cache directory {cache.tmp}: {err.strerror or err}. "
                            "Set MODELSYNC_CACHE_DIR or --cache-dir to a writable place.") from None
     got = fetch(req.url, cache.tmp, mirrors=f.mirrors, base_dir=f.base_dir, expected_sha256=req.expected_sha256,
-                progress=f.progress, on_total=f.on_total, what=req.what)
+                progress=f.progress, on_total=f.on_total, what=req.what, net=f.net)
     path = cache.add_blob(got.path, got.sha256)
     return path, got.sha256, got.size, got.fetched_url, True
 
@@ -113,7 +116,7 @@ def obtain(req: Request, cache: Cache, f: Fetcher) -> Obtained:
     try:
         unpack_dir.mkdir(parents=True)
         label = req.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or req.name
-        extract(blob, unpack_dir, label)
+        extract(blob, unpack_dir, label, f.limits)
         chosen = select(unpack_dir, req.path_in_archive, label)
         digest = digest_path(chosen)[0]
         _check_installed(req, digest)
@@ -151,6 +154,7 @@ def commit(temp: Path, final: Path) -> dict[str, StatSig]:
 
     Returns the stat signatures at the final path, for the install record.
     """
+    failpoints.hit("commit")
     try:
         if not temp.is_dir() and not (final.is_dir() and not final.is_symlink()):
             os.replace(temp, final)  # atomic: readers see the old or the new file
@@ -192,8 +196,11 @@ def _swap_in(new: Path, final: Path, attempts: int = 5) -> None:
     raise InstallError(f"{final}: kept being replaced by another process; run the command again")
 
 
-def clean_temp(directory: Path) -> int:
-    """Remove temp leftovers of interrupted runs of ours in ``directory``; return how many."""
+def clean_temp(directory: Path, include_own: bool = False) -> int:
+    """Remove temp leftovers of interrupted runs of ours in ``directory``; return how many.
+
+    Temp files of live processes are left alone, this one's too unless ``include_own``.
+    """
     n = 0
     try:
         entries = list(os.scandir(directory))
@@ -203,7 +210,8 @@ def clean_temp(directory: Path) -> int:
         if entry.name.startswith(TEMP_PREFIX):
             # Leave temp files of processes that are still running (a concurrent sync).
             owner = temp_owner(entry.name)
-            if owner is not None and (owner == os.getpid() or _alive(owner)):
+            if owner is not None and ((owner == os.getpid() and not include_own)
+                                      or (owner != os.getpid() and _alive(owner))):
                 continue
             remove_path(Path(entry.path))
             n += 1

@@ -13,6 +13,7 @@ from typing import Any
 
 import tomli_w
 
+from . import failpoints
 from .atomic import write_text_atomic
 from .errors import LockfileError
 from .manifest import check_location, check_resource_name, parse_toml
@@ -166,7 +167,7 @@ def write_lock(path: Path, lock: Lockfile) -> bool:
             return False
     except (OSError, UnicodeDecodeError):
         pass
-    write_text_atomic(path, text, durable=True)
+    write_text_atomic(path, text, durable=True, before_rename=lambda: failpoints.hit("lock"))
     return True
 
 

@@ -22,6 +22,7 @@ URL_SCHEMES = ("https", "http", "file")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _EXE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_PARALLEL = 4
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
 def check_resource_name(name: str) -> str:
@@ -34,6 +35,8 @@ def check_resource_name(name: str) -> str:
         raise ValueError(f"resource name {name!r} is not allowed")
     if any(ord(c) < 32 for c in name):
         raise ValueError(f"resource name {name!r} contains control characters")
+    if name.split(".", 1)[0].upper() in _RESERVED:
+        raise ValueError(f"resource name {name!r} is a reserved device name on Windows (shared drives break)")
     return name
 
 
@@ -125,6 +128,18 @@ class ModelSpec(BaseModel):
 ModelItem = Annotated[ModelSpec, BeforeValidator(_shorthand)]
 
 
+class NetworkSettings(BaseModel):
+    """``[settings.network]``: retries and timeouts (environment variables override them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retries: int = Field(default=4, ge=0, le=100)
+    backoff: float = Field(default=0.5, ge=0, le=600)
+    max_retry_time: float = Field(default=300.0, ge=0)
+    connect_timeout: float = Field(default=15.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+
+
 class Settings(BaseModel):
     """``[settings]``: where and how to install."""
 
@@ -136,6 +151,10 @@ class Settings(BaseModel):
     mirrors: dict[str, str] = Field(default_factory=dict)
     cache_dir: str | None = None
     link_mode: Literal["auto", "hardlink", "copy"] = "auto"
+    allow_http: list[str] = Field(default_factory=list)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    max_unpacked_bytes: int = Field(default=64 * 1024**3, ge=1)
+    max_archive_members: int = Field(default=200_000, ge=1)
 
     @field_validator("location")
     @classmethod

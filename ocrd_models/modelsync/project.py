@@ -11,6 +11,9 @@ from pathlib import Path
 
 from . import processors
 from .cache import Cache
+from .credentials import Credentials
+from .fetch import NetConfig
+from .unpack import Limits
 from .digest import digest_path
 from .errors import ChangesPending, Failure, LockStale, OfflineMissing, SyncFailed
 from .executor import ExecContext, Outcome, execute
@@ -248,11 +251,28 @@ class Project:
         return out
 
     # -- sync / lock ----------------------------------------------------------------------
+    def net_config(self) -> NetConfig:
+        """Retries, timeouts, allowed http hosts and credentials: settings, overridden by environment."""
+        n, e = self.settings.network, self.env
+
+        def pick(var: str, value: float) -> float:
+            override = e.number(var)
+            return value if override is None else override
+
+        return NetConfig(
+            retries=int(pick("MODELSYNC_RETRIES", n.retries)), backoff=pick("MODELSYNC_BACKOFF", n.backoff),
+            max_retry_time=pick("MODELSYNC_RETRY_MAX_TIME", n.max_retry_time),
+            connect_timeout=pick("MODELSYNC_CONNECT_TIMEOUT", n.connect_timeout),
+            read_timeout=pick("MODELSYNC_READ_TIMEOUT", n.read_timeout),
+            allow_http=frozenset(self.settings.allow_http), credentials=Credentials.load(self.env),
+        )
+
     def _context(self, *, obtain_only: bool = False) -> ExecContext:
+        s = self.settings
         return ExecContext(records=self.records, mirrors=self.mirrors, base_dir=self.project_dir, cache=self.cache,
-                           parallel=self.parallel or self.settings.parallel, progress=self.progress,
-                           link_mode=self.link_mode or self.settings.link_mode, offline=self.offline,
-                           obtain_only=obtain_only)
+                           parallel=self.parallel or s.parallel, progress=self.progress,
+                           link_mode=self.link_mode or s.link_mode, offline=self.offline, obtain_only=obtain_only,
+                           net=self.net_config(), limits=Limits(s.max_unpacked_bytes, s.max_archive_members))
 
     def _finish(self, plan: Plan, outcomes: list[Outcome], write: bool = True) -> SyncResult:
         """Write the lock from the outcomes (so finished work is kept); raise if anything failed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .credentials import redact
 from .errors import UnknownNameError, UserInputError
 from .manifest import Manifest, ModelSpec
 from .registry import Registry, canonical_processor, did_you_mean
@@ -31,8 +32,8 @@ class Wanted:
         return (self.processor, self.name)
 
     def declaration(self) -> tuple:
-        """Comparable with :meth:`LockEntry.declaration`."""
-        return (self.url, self.type, self.path_in_archive, self.location)
+        """Comparable with :meth:`LockEntry.declaration` (the URL without credentials, as locked)."""
+        return (redact(self.url), self.type, self.path_in_archive, self.location)
 
 
 def _location(manifest: Manifest, spec: ModelSpec | None, exe: str, default: str) -> str:

@@ -116,6 +116,18 @@ class Environment:
         """True on CI runners (``CI`` set to anything but empty/false/0)."""
         return (self.vars.get("CI") or "").lower() not in ("", "0", "false", "no")
 
+    def number(self, name: str) -> float | None:
+        """A numeric environment variable, or None if unset; garbage is a user error."""
+        value = self.vars.get(name)
+        if value is None or value == "":
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            from .errors import UserInputError
+
+            raise UserInputError(f"${name}={value!r} is not a number") from None
+
     def processor_path_var(self, processor: str) -> list[Path]:
         """Directories of ``$OCRD_FOO_PATH`` for processor ``ocrd-foo`` (OCR-D's naming rule)."""
         var = processor.upper().replace("-", "_") + "_PATH"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
-import shutil
 import stat
 import tarfile
 import zipfile
@@ -19,9 +18,28 @@ from pathlib import Path, PurePosixPath
 
 from .errors import UnsafeArchive
 
-# Limits against archive bombs; generous for multi-GB eynollah model zips.
-MAX_MEMBERS = 200_000
-MAX_UNPACKED = 64 * 1024**3
+from dataclasses import dataclass
+
+from . import failpoints
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds against archive bombs; generous for multi-GB eynollah model zips.
+
+    Configurable: ``[settings] max_unpacked_bytes`` / ``max_archive_members``.
+    """
+
+    max_bytes: int = 64 * 1024**3
+    max_members: int = 200_000
+
+    def exceeded(self, label: str, member: str, members: int, total: int) -> None:
+        """Raise UnsafeArchive if either bound is crossed."""
+        if members > self.max_members or total > self.max_bytes:
+            raise UnsafeArchive(
+                f"{label}: refused as a possible archive bomb at member {member!r}: more than "
+                f"{self.max_members} members or {self.max_bytes} bytes unpacked (raise max_archive_members / "
+                "max_unpacked_bytes in [settings] if the archive is genuine)")
 
 
 def sniff(path: Path, label: str | None = None) -> str:
@@ -53,14 +71,18 @@ def _safe_rel(name: str, archive: str) -> PurePosixPath:
     return p
 
 
-def _extract_tar(path: Path, dest: Path, fmt: str, label: str) -> None:
+def _extract_tar(path: Path, dest: Path, fmt: str, label: str, limits: Limits) -> None:
     mode = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}[fmt]
     try:
         with tarfile.open(path, mode) as tf:
             members = []
+            seen: set[str] = set()
             total = 0
             for m in tf:
-                _safe_rel(m.name, label)
+                rel = str(_safe_rel(m.name, label))
+                if rel in seen and not m.isdir():
+                    raise UnsafeArchive(f"{label}: member {m.name!r} appears twice; refused (which one is the model?)")
+                seen.add(rel)
                 if m.isdev() or m.isfifo():
                     raise UnsafeArchive(f"{label}: member {m.name!r} is a device or FIFO; refused")
                 if m.issym() or m.islnk():
@@ -72,29 +94,33 @@ def _extract_tar(path: Path, dest: Path, fmt: str, label: str) -> None:
                                             "the archive; refused")
                 total += m.size
                 members.append(m)
-                if len(members) > MAX_MEMBERS or total > MAX_UNPACKED:
-                    raise UnsafeArchive(f"{label}: more than {MAX_MEMBERS} members or {MAX_UNPACKED} bytes "
-                                        "unpacked; refused as a possible archive bomb")
+                limits.exceeded(label, m.name, len(members), total)
             # The stdlib "data" filter re-checks everything above and strips unsafe modes.
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, members=members, filter="data")
-            else:  # pragma: no cover - Python < 3.11.4
-                tf.extractall(dest, members=members)
+            for m in members:
+                if hasattr(tarfile, "data_filter"):
+                    tf.extract(m, dest, filter="data")
+                else:  # pragma: no cover - Python < 3.11.4
+                    tf.extract(m, dest)
+                failpoints.hit("unpack")
     except getattr(tarfile, "FilterError", ()) as err:
         raise UnsafeArchive(f"{label}: refused: {err}") from None
     except (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile, lzma.LZMAError, zlib.error) as err:
         raise UnsafeArchive(f"{label}: not a valid {fmt} archive ({err})") from None
 
 
-def _extract_zip(path: Path, dest: Path, label: str) -> None:
+def _extract_zip(path: Path, dest: Path, label: str, limits: Limits) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-            if len(infos) > MAX_MEMBERS or sum(i.file_size for i in infos) > MAX_UNPACKED:
-                raise UnsafeArchive(f"{label}: more than {MAX_MEMBERS} members or {MAX_UNPACKED} bytes "
-                                    "unpacked; refused as a possible archive bomb")
+            limits.exceeded(label, infos[-1].filename if infos else "", len(infos),
+                            sum(i.file_size for i in infos))
+            seen: set[str] = set()
+            written = 0
             for info in infos:
                 rel = _safe_rel(info.filename, label)
+                if str(rel) in seen and not info.is_dir():
+                    raise UnsafeArchive(f"{label}: member {info.filename!r} appears twice; refused")
+                seen.add(str(rel))
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
                     raise UnsafeArchive(f"{label}: member {info.filename!r} is a symbolic link; refused")
@@ -103,23 +129,31 @@ def _extract_zip(path: Path, dest: Path, label: str) -> None:
                     out.mkdir(parents=True, exist_ok=True)
                     continue
                 out.parent.mkdir(parents=True, exist_ok=True)
+                if out.is_symlink() or (out.exists() and out.is_dir()):
+                    raise UnsafeArchive(f"{label}: member {info.filename!r} would replace a directory or link")
                 with zf.open(info) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                    # Count what is really written: a zip's declared sizes can lie.
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        limits.exceeded(label, info.filename, len(seen), written)
+                        dst.write(chunk)
+                failpoints.hit("unpack")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
         raise UnsafeArchive(f"{label}: not a valid zip archive ({err})") from None
 
 
-def extract(path: Path, dest: Path, label: str | None = None) -> str:
+def extract(path: Path, dest: Path, label: str | None = None, limits: Limits | None = None) -> str:
     """Extract the archive at ``path`` into the empty directory ``dest``; return the format.
 
     ``label`` names the archive in messages (the URL's file name, not our temp name).
     """
     label = label or path.name
+    limits = limits or Limits()
     fmt = sniff(path, label)
     if fmt == "zip":
-        _extract_zip(path, dest, label)
+        _extract_zip(path, dest, label, limits)
     else:
-        _extract_tar(path, dest, fmt, label)
+        _extract_tar(path, dest, fmt, label, limits)
     return fmt
 
 
