@@ -38,6 +38,7 @@ class FileServer:
         self.faults: dict[str, Fault] = {}
         self.requests: list[tuple[str, str]] = []
         self.headers_seen: list[tuple[str, dict[str, str]]] = []
+        self.ignore_range: set[str] = set()  # paths that answer 200 (whole body) to Range requests
         self.delay = 0.0  # seconds each GET waits before answering (to observe overlap)
         self.rate: int | None = None  # bytes per second per response (to spread a download over time)
         self.inflight = 0
@@ -109,7 +110,8 @@ class FileServer:
                 start, end, status = 0, len(body), 200
                 rng = self.headers.get("Range")
                 if_range = self.headers.get("If-Range")
-                ranged = rng and rng.startswith("bytes=") and not (fault and fault.ignore_range)
+                ranged = (rng and rng.startswith("bytes=") and not (fault and fault.ignore_range)
+                          and path not in server.ignore_range)
                 if ranged and (if_range is None or if_range == etag):
                     a, _, b = rng[6:].partition("-")
                     start = int(a or 0)

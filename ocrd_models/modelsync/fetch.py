@@ -226,9 +226,11 @@ class _Download:
                 self.validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
                 raw = resp.raw
                 raw.decode_content = False  # the stored bytes, never a Content-Encoding-decoded variant
+                # read1 hands over bytes as they arrive: after a reset we keep (and resume after) all we got.
+                read = getattr(raw, "read1", None) or raw.read
                 with open(self.dest, "ab", buffering=0) as fout:
                     while True:
-                        chunk = raw.read(CHUNK)
+                        chunk = read(CHUNK)
                         if not chunk:
                             break
                         self.hash.update(chunk)
