@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 TEMP_PREFIX = ".modelsync-tmp-"
@@ -17,10 +18,14 @@ def temp_owner(name: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def _safe(hint: str) -> str:
+    # Names stay short and safe whatever ``hint`` holds.
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in hint)[:40]
+
+
 def temp_name(directory: Path, hint: str = "", suffix: str = ".part") -> Path:
     """A unique, hidden temp path inside ``directory`` (same filesystem as the final path)."""
-    # Names stay short and safe whatever ``hint`` holds.
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in hint)[:40]
+    safe = _safe(hint)
     # The pid comes first so a later run can tell whether the owner is still alive.
     return directory / f"{TEMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}.{safe}{suffix}"
 
@@ -55,10 +60,68 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False, before
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _sweep(path)
     if durable:
         fsync_dir(path.parent)
+
+
+def _sweep(path: Path) -> None:
+    # Temp files for this same target left by killed writers (dead owners only).
+    suffix = "." + _safe(path.name) + ".part"
+    try:
+        with os.scandir(path.parent) as it:
+            stale = [Path(e.path) for e in it if e.name.startswith(TEMP_PREFIX) and e.name.endswith(suffix)]
+    except OSError:
+        return
+    for p in stale:
+        owner = temp_owner(p.name)
+        if owner is not None and owner != os.getpid() and not _alive(owner):
+            p.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str, *, durable: bool = False, before_rename=None) -> None:
     """Text variant of :func:`write_bytes_atomic` (UTF-8)."""
     write_bytes_atomic(path, text.encode("utf-8"), durable=durable, before_rename=before_rename)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file, symlink or directory tree if it exists."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+
+
+def clean_temp(directory: Path, include_own: bool = False) -> int:
+    """Remove temp leftovers of interrupted runs of ours in ``directory``; return how many.
+
+    Temp files of live processes are left alone, this one's too unless ``include_own``.
+    """
+    n = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(TEMP_PREFIX):
+            # Leave temp files of processes that are still running (a concurrent sync).
+            owner = temp_owner(entry.name)
+            if owner is not None and ((owner == os.getpid() and not include_own)
+                                      or (owner != os.getpid() and _alive(owner))):
+                continue
+            remove_path(Path(entry.path))
+            n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -148,7 +148,7 @@ class Cache:
         return final
 
     def _discard(self, path: Path) -> None:
-        from .install import remove_path
+        from .atomic import remove_path
 
         if path.is_dir() and not path.is_symlink():
             for root, dirs, _ in os.walk(path):
@@ -288,7 +288,7 @@ def place(source: Path, final: Path, link_mode: str, on_fallback=None) -> tuple[
         else:
             link_or_copy(str(source), str(temp))
     except BaseException:
-        from .install import remove_path
+        from .atomic import remove_path
 
         remove_path(temp)
         raise

@@ -577,10 +577,7 @@ def main() -> None:
         render.error(strip_userinfo(str(err)))  # a safety net: messages already redact URLs
         sys.exit(err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        sys.stderr.write("interrupted; temporary files were removed, nothing half-written remains\n")
-        sys.stderr.flush()
-        # Exit now: a download thread stuck in a socket read must not delay Ctrl-C (its temp file is gone).
-        os._exit(EXIT_INTERRUPTED)
+        _interrupted()
     except Exception as err:
         # Usage errors: click's ClickException (typer >= 0.20 vendors click, so match by shape).
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
@@ -593,7 +590,17 @@ def main() -> None:
         render.error(f"unexpected {type(err).__name__}: {err}\nThis is a bug in modelsync; please report it with "
                      "the output of the same command run with MODELSYNC_DEBUG=1 (which shows the traceback).")
         sys.exit(1)
+    if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into a return value of 130
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> None:
+    sys.stderr.write("interrupted; temporary files were removed, nothing half-written remains\n")
+    sys.stderr.flush()
+    # Exit now: a download thread stuck in a socket read must not delay Ctrl-C (its temp file is gone).
+    os._exit(EXIT_INTERRUPTED)
+
 
 if __name__ == "__main__":
     main()

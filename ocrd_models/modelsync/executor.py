@@ -17,7 +17,8 @@ from . import failpoints
 from .cache import Cache, place
 from .fetch import NetConfig
 from .unpack import Limits
-from .install import Fetcher, Request, clean_temp, commit, obtain, remove_path
+from .atomic import clean_temp, remove_path
+from .install import Fetcher, Request, commit, obtain
 from .lockfile import LockEntry
 from .planner import INSTALL, KEEP, REMOVE, UPDATE, Action, Plan
 from .progress import NullProgress, Progress

@@ -22,24 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .atomic import TEMP_PREFIX, fsync_dir, temp_name, temp_owner
+from .atomic import fsync_dir, remove_path, temp_name
 from .cache import Cache
 from .digest import StatSig, current_sigs, digest_path
 from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError
 from . import failpoints
 from .fetch import NetConfig, fetch, local_source
 from .unpack import Limits, extract, select
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file, symlink or directory tree if it exists."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    except FileNotFoundError:
-        pass
 
 
 @dataclass(frozen=True)
@@ -194,35 +183,3 @@ def _swap_in(new: Path, final: Path, attempts: int = 5) -> None:
             remove_path(old)
         return
     raise InstallError(f"{final}: kept being replaced by another process; run the command again")
-
-
-def clean_temp(directory: Path, include_own: bool = False) -> int:
-    """Remove temp leftovers of interrupted runs of ours in ``directory``; return how many.
-
-    Temp files of live processes are left alone, this one's too unless ``include_own``.
-    """
-    n = 0
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return 0
-    for entry in entries:
-        if entry.name.startswith(TEMP_PREFIX):
-            # Leave temp files of processes that are still running (a concurrent sync).
-            owner = temp_owner(entry.name)
-            if owner is not None and ((owner == os.getpid() and not include_own)
-                                      or (owner != os.getpid() and _alive(owner))):
-                continue
-            remove_path(Path(entry.path))
-            n += 1
-    return n
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
