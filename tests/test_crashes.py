@@ -16,6 +16,16 @@ from crashkit import MODELSYNC, PHASES, Report, Scenario, check, recover, render
 from httpserver import FileServer
 
 
+@pytest.fixture
+def scenario(tmp_path):
+    """A small crashkit scenario (2 files, 1 archive, two versions each) with its own server."""
+    server = FileServer().start()
+    try:
+        yield Scenario(tmp_path, server, n_files=2, n_archives=1)
+    finally:
+        server.stop()
+
+
 def test_sigkill_sample_keeps_every_invariant(tmp_path):
     # benchmarks/crash_trials.py runs >= 100 of these; the suite runs a sample.
     t0 = time.time()
@@ -26,34 +36,26 @@ def test_sigkill_sample_keeps_every_invariant(tmp_path):
 
 
 @pytest.mark.parametrize("phase", PHASES)
-def test_kill_at_each_phase(tmp_path, phase):
-    server = FileServer().start()
-    try:
-        sc = Scenario(tmp_path, server, n_files=2, n_archives=1)
-        sc.manifest(0)
-        assert sc.run("sync") == 0
-        sc.manifest(1)  # an update: the old models must survive a kill anywhere
-        code = sc.run("sync", failpoint=f"{phase}=1")
-        assert code == -signal.SIGKILL, sc.last_err
-        report = Report()
-        check(sc, {0, 1}, report, phase)
-        recover(sc, report, phase)
-        assert report.violations == []
-    finally:
-        server.stop()
+def test_kill_at_each_phase(scenario, phase):
+    sc = scenario
+    sc.manifest(0)
+    assert sc.run("sync") == 0
+    sc.manifest(1)  # an update: the old models must survive a kill anywhere
+    code = sc.run("sync", failpoint=f"{phase}=1")
+    assert code == -signal.SIGKILL, sc.last_err
+    report = Report()
+    check(sc, {0, 1}, report, phase)
+    recover(sc, report, phase)
+    assert report.violations == []
 
 
-def test_leftover_temp_files_of_a_killed_run_are_cleaned_by_the_next(tmp_path):
-    server = FileServer().start()
-    try:
-        sc = Scenario(tmp_path, server, n_files=1, n_archives=1)
-        sc.manifest(0)
-        assert sc.run("sync", failpoint="place=1") == -signal.SIGKILL
-        assert list(tmp_path.rglob(".modelsync-tmp-*")), "the kill should have left a temp file"
-        assert sc.run("sync") == 0
-        assert list(tmp_path.rglob(".modelsync-tmp-*")) == []
-    finally:
-        server.stop()
+def test_leftover_temp_files_of_a_killed_run_are_cleaned_by_the_next(scenario, tmp_path):
+    sc = scenario
+    sc.manifest(0)
+    assert sc.run("sync", failpoint="place=1") == -signal.SIGKILL
+    assert list(tmp_path.rglob(".modelsync-tmp-*")), "the kill should have left a temp file"
+    assert sc.run("sync") == 0
+    assert list(tmp_path.rglob(".modelsync-tmp-*")) == []
 
 
 def test_sigint_stops_promptly_cleans_up_and_exits_130(tmp_path):
@@ -103,40 +105,36 @@ def test_four_concurrent_syncs_all_succeed(tmp_path):
         server.stop()
 
 
-def test_readers_never_see_a_half_written_model_during_updates(tmp_path):
-    server = FileServer().start()
+def test_readers_never_see_a_half_written_model_during_updates(scenario):
+    sc = scenario
+    sc.manifest(0)
+    assert sc.run("sync") == 0
+    ok = {str(p): digests for p, digests in sc.acceptable({0, 1}).items()}
+    target = next(p for p in sc.acceptable({0}) if p.name == "file0.bin")
+    seen, bad, stop = set(), [], threading.Event()
+
+    def reader() -> None:  # a processor loading its model again and again
+        while not stop.is_set():
+            try:
+                data = target.read_bytes()
+            except FileNotFoundError:
+                bad.append("missing")  # a model must never vanish during an update
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            seen.add(digest)
+            if digest not in ok[str(target)]:
+                bad.append(f"{len(data)} bytes of no version")
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
     try:
-        sc = Scenario(tmp_path, server, n_files=2, n_archives=1)
-        sc.manifest(0)
-        assert sc.run("sync") == 0
-        ok = {str(p): digests for p, digests in sc.acceptable({0, 1}).items()}
-        target = next(p for p in sc.acceptable({0}) if p.name == "file0.bin")
-        seen, bad, stop = set(), [], threading.Event()
-
-        def reader() -> None:  # a processor loading its model again and again
-            while not stop.is_set():
-                try:
-                    data = target.read_bytes()
-                except FileNotFoundError:
-                    bad.append("missing")  # a model must never vanish during an update
-                    continue
-                digest = hashlib.sha256(data).hexdigest()
-                seen.add(digest)
-                if digest not in ok[str(target)]:
-                    bad.append(f"{len(data)} bytes of no version")
-
-        threads = [threading.Thread(target=reader) for _ in range(2)]
-        for t in threads:
-            t.start()
-        try:
-            for version in (1, 0, 1, 0):
-                sc.manifest(version)
-                assert sc.run("sync") == 0, sc.last_err
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-        assert bad == []
-        assert len(seen) == 2  # the readers did observe both versions
+        for version in (1, 0, 1, 0):
+            sc.manifest(version)
+            assert sc.run("sync") == 0, sc.last_err
     finally:
-        server.stop()
+        stop.set()
+        for t in threads:
+            t.join()
+    assert bad == []
+    assert len(seen) == 2  # the readers did observe both versions

@@ -145,12 +145,18 @@ def _archive_entries(server) -> list[dict]:
     ]
 
 
-def test_we_see_what_ocrd_resmgr_installed(sandbox, server, ocrd_venv):
-    exe = "ocrd-calamari-recognize"
+def _resmgr_install(sandbox, server, venv: Path, exe: str) -> list[dict]:
+    """Register files and archives in OCR-D's user database and let `ocrd resmgr download -a` install them."""
     entries = _archive_entries(server)
     _user_db(sandbox, {exe: entries})
     for e in entries:
-        ocrd(ocrd_venv, "resmgr", "download", "-a", exe, e["name"], cwd=sandbox.project)
+        ocrd(venv, "resmgr", "download", "-a", exe, e["name"], cwd=sandbox.project)
+    return entries
+
+
+def test_we_see_what_ocrd_resmgr_installed(sandbox, server, ocrd_venv):
+    exe = "ocrd-calamari-recognize"
+    entries = _resmgr_install(sandbox, server, ocrd_venv, exe)
     for e in entries:
         assert (sandbox.data_dir(exe) / e["name"]).exists()
     server.requests.clear()
@@ -171,10 +177,7 @@ def test_we_see_what_ocrd_resmgr_installed(sandbox, server, ocrd_venv):
 
 def test_same_tree_as_ocrd_resmgr_for_archives(sandbox, server, ocrd_venv):
     exe = "ocrd-calamari-recognize"
-    entries = _archive_entries(server)
-    _user_db(sandbox, {exe: entries})
-    for e in entries:
-        ocrd(ocrd_venv, "resmgr", "download", "-a", exe, e["name"], cwd=sandbox.project)
+    entries = _resmgr_install(sandbox, server, ocrd_venv, exe)
     theirs = {e["name"]: tree_files(sandbox.data_dir(exe) / e["name"]) if e.get("type") == "archive"
               else (sandbox.data_dir(exe) / e["name"]).read_bytes() for e in entries}
     # Our install goes to a second, empty data root (else it would rightly keep resmgr's copies).
