@@ -5,9 +5,17 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import threading
 from pathlib import Path
 
 TEMP_PREFIX = ".modelsync-tmp-"
+
+# Set on Ctrl-C: from then on no new temp file may appear (the cleanup must have the last word).
+closing = threading.Event()
+
+
+class Closing(Exception):
+    """Raised instead of creating a temp file once the process is shutting down."""
 
 
 def temp_owner(name: str) -> int | None:
@@ -25,6 +33,8 @@ def _safe(hint: str) -> str:
 
 def temp_name(directory: Path, hint: str = "", suffix: str = ".part") -> Path:
     """A unique, hidden temp path inside ``directory`` (same filesystem as the final path)."""
+    if closing.is_set():
+        raise Closing()
     safe = _safe(hint)
     # The pid comes first so a later run can tell whether the owner is still alive.
     return directory / f"{TEMP_PREFIX}{os.getpid()}.{secrets.token_hex(6)}.{safe}{suffix}"

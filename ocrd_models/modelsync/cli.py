@@ -111,12 +111,16 @@ def _plan_doc(plan) -> dict:
     }
 
 
-def _render_plan(plan, title: str) -> None:
+def _render_plan(plan, title: str, verbose: bool = False) -> None:
     from . import render
 
-    rows = [(a.kind, a.processor, a.name, a.location_label, a.reason) for a in plan.actions]
+    shown = [a for a in plan.actions if verbose or a.changes or a.adopt or a.warnings]
+    rows = [(a.kind, a.processor, a.name, a.location_label, a.reason) for a in shown]
     if rows:
         render.table(title, ["action", "processor", "name", "location", "reason"], rows)
+    hidden = len(plan.actions) - len(shown)
+    if hidden:
+        render.err.print(f"{hidden} resource(s) installed and unchanged (-v lists them)", markup=False)
     for a in plan.actions:
         for w in a.warnings:
             render.warn(f"{a.processor} {a.name}: {w}")
@@ -125,7 +129,7 @@ def _render_plan(plan, title: str) -> None:
                      markup=False, highlight=False)
 
 
-def _report_check(plan, json_out: bool) -> None:
+def _report_check(plan, json_out: bool, verbose: bool = False) -> None:
     """Show the plan, then exit 7 if it changes anything (``--check``)."""
     from . import render
     from .errors import ChangesPending
@@ -133,7 +137,7 @@ def _report_check(plan, json_out: bool) -> None:
     if json_out:
         render.emit_json(_plan_doc(plan))
     else:
-        _render_plan(plan, "plan")
+        _render_plan(plan, "plan", verbose)
     if plan.changes:
         raise ChangesPending(f"{len(plan.changes)} change(s) pending (--check); run `modelsync sync` to apply them")
 
@@ -328,6 +332,8 @@ def plan(
     json_out: JsonOpt = False,
     check: Annotated[bool, typer.Option("--check", help=f"Exit {EXIT_CHANGES_PENDING} if anything would change.")]
     = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list resources that stay as they are.")]
+    = False,
 ) -> None:
     """Show what `sync` would do, with a reason per resource; change nothing.
 
@@ -336,13 +342,13 @@ def plan(
     """
     p = _project(manifest, None, None).plan(prune=prune)
     if check:
-        _report_check(p, json_out)
+        _report_check(p, json_out, verbose)
     elif json_out:
         from . import render
 
         render.emit_json(_plan_doc(p))
     else:
-        _render_plan(p, "plan")
+        _render_plan(p, "plan", verbose)
 
 
 @app.command()
@@ -568,6 +574,10 @@ def cache_prune(
 
 def main() -> None:
     """Console entry point: one message and one documented exit code per error."""
+    from . import manifest as manifest_module
+    from .settings import Environment
+
+    manifest_module.PARSE_CACHE_DIR = Environment.from_os().cache_dir
     try:
         code = app(standalone_mode=False)
     except ModelsyncError as err:

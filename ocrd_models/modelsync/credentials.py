@@ -24,6 +24,7 @@ import netrc
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -37,6 +38,7 @@ SECRET_PARAMS = {
 }
 
 
+@lru_cache(maxsize=65536)  # called per resource and comparison: 10 000-model plans call it often
 def redact(url: str) -> str:
     """``url`` without user info and secret query parameters (for messages and the lock)."""
     parts = urlsplit(url)

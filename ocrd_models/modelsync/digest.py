@@ -111,3 +111,53 @@ def current_sigs(path: Path) -> dict[str, StatSig] | None:
         return {rel: StatSig.of(s) for rel, s, _ in walk_tree(path) if statmod.S_ISREG(s.st_mode)}
     except OSError:
         return None
+
+
+class PipelinedSha256:
+    """SHA-256 computed on a second thread while the caller keeps reading and writing.
+
+    hashlib releases the GIL for large buffers, so hashing overlaps with network and disk
+    I/O: a download costs max(I/O, hashing) instead of their sum. SHA-256 itself is serial
+    (and, without CPU SHA extensions, the slowest stage at a few hundred MB/s).
+    """
+
+    _DONE = object()
+
+    def __init__(self, depth: int = 8) -> None:
+        import queue
+        import threading
+
+        self._q: "queue.Queue" = queue.Queue(maxsize=depth)  # bounds memory to depth chunks
+        self._h = hashlib.sha256()
+        self._thread = threading.Thread(target=self._run, name="modelsync-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is self._DONE:
+                return
+            if item is None:
+                self._h = hashlib.sha256()  # reset
+            else:
+                self._h.update(item)
+
+    def update(self, data: bytes) -> None:
+        """Queue bytes for hashing (blocks when the hasher is ``depth`` chunks behind)."""
+        self._q.put(data)
+
+    def reset(self) -> None:
+        """Start over (a download restarted from byte 0)."""
+        self._q.put(None)
+
+    def hexdigest(self) -> str:
+        """Wait for every queued byte, stop the thread, return the digest."""
+        self._q.put(self._DONE)
+        self._thread.join()
+        return self._h.hexdigest()
+
+    def close(self) -> None:
+        """Stop the thread without a result (on failure)."""
+        if self._thread.is_alive():
+            self._q.put(self._DONE)
+            self._thread.join()

@@ -13,7 +13,7 @@ from pathlib import Path
 from .credentials import redact
 from .digest import digest_path
 from .errors import InstallError, ModelsyncError
-from . import failpoints
+from . import atomic, failpoints
 from .cache import Cache, place
 from .fetch import NetConfig
 from .unpack import Limits
@@ -186,8 +186,8 @@ def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
         wrapped = InstallError(f"{task}: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
         ctx.progress.finish(task, False, str(wrapped))
         return Outcome(action, error=wrapped)
-    except Cancelled:
-        raise
+    except (Cancelled, atomic.Closing):
+        raise Cancelled()
     except Exception as err:  # a bug must not cost the other resources their install
         wrapped = ModelsyncError(f"unexpected {type(err).__name__}: {err} (a bug in modelsync; please report it)")
         ctx.progress.finish(task, False, str(wrapped))
@@ -232,6 +232,7 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
             # Ctrl-C: workers stop at their next chunk and remove their temp files; one stuck in a
             # socket read is not waited for beyond a moment: its temp file is removed here.
             cancel.set()
+            atomic.closing.set()  # no worker may create a temp file after the cleanup below
             pool.shutdown(wait=False, cancel_futures=True)
             wait(list(futures), timeout=2.0)
             for directory in dirs:

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from . import failpoints
 from .atomic import temp_name
 from .credentials import Credentials, redact
+from .digest import PipelinedSha256
 from .errors import ChecksumMismatch, InstallError, NetworkError, UserInputError
 
 CHUNK = 1 << 20
@@ -145,7 +146,7 @@ class _Download:
                  on_total: Callable[[int | None], None] | None, expected: str | None):
         self.url, self.dest, self.net = url, dest, net
         self.progress, self.on_total, self.expected = progress, on_total, expected
-        self.hash = hashlib.sha256()
+        self.hash = PipelinedSha256()
         self.size = 0
         self.total: int | None = None
         self.validator: str | None = None  # ETag or Last-Modified of the bytes we have
@@ -154,7 +155,7 @@ class _Download:
     def _restart(self) -> None:
         if self.progress and self.size:
             self.progress(-self.size)
-        self.hash = hashlib.sha256()
+        self.hash.reset()
         self.size = 0
         self.validator = None
         with open(self.dest, "wb"):
@@ -241,9 +242,12 @@ class _Download:
                         failpoints.hit("download")
                 if expected_len is not None and self.size < expected_len:
                     raise _Transient(f"connection closed after {self.size} of {expected_len} bytes")
-                if expected_len is None and self.expected and self.hash.hexdigest() != self.expected:
-                    # Without Content-Length a cut connection looks like the end: try again from scratch.
-                    raise _Transient("body ended early (no Content-Length) or changed", restart=True)
+                if expected_len is None and self.expected:
+                    self.digest = self.hash.hexdigest()
+                    if self.digest != self.expected:
+                        # Without Content-Length a cut connection looks like the end: try again from scratch.
+                        self.hash = PipelinedSha256()
+                        raise _Transient("body ended early (no Content-Length) or changed", restart=True)
         except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as err:
             # urllib3 errors surface from resp.raw.read(): a connection reset or stall mid-stream.
             raise _Transient(_reason(err)) from None
@@ -270,10 +274,15 @@ class _Download:
                 if last is not None and last.restart:
                     self._restart()
             try:
+                self.digest = None
                 self.attempt()
-                return self.hash.hexdigest(), self.size, self.final_url
+                return self.digest or self.hash.hexdigest(), self.size, self.final_url
             except _Transient as err:
                 last = err
+            except BaseException:
+                self.hash.close()
+                raise
+        self.hash.close()
         raise NetworkError(f"download of {redact(self.url)} failed after {attempt + 1} attempt(s): {last}. "
                            "Check the network (or the mirror setting) and run the command again; retries and "
                            "timeouts are set in [settings.network].")

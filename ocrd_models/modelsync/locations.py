@@ -48,6 +48,8 @@ class Locations:
     # False (--frozen): the lookup scan never runs a processor; a module *target* still does.
     ask_processors_for_lookup: bool = True
     _module_dirs: dict[str, Path | None] = field(default_factory=dict)
+    _lookups: dict[str, list[Candidate]] = field(default_factory=dict)
+    _targets: dict[tuple[str, str], Candidate] = field(default_factory=dict)
 
     def default_location(self, processor: str) -> str:
         """First of the tool's ``resource_locations``, else ``data``."""
@@ -93,8 +95,13 @@ class Locations:
         return path if path.is_absolute() else (self.project_dir / path)
 
     def lookup(self, processor: str) -> list[Candidate]:
-        """Directories in OCR-D's lookup order; the module dir only if it can be found."""
+        """Directories in OCR-D's lookup order; the module dir only if it can be found (memoized)."""
         proc = canonical_processor(processor)
+        if proc not in self._lookups:
+            self._lookups[proc] = self._lookup(proc)
+        return self._lookups[proc]
+
+    def _lookup(self, proc: str) -> list[Candidate]:
         allowed = set(self.registry.resource_locations(proc)) or {"cwd", "data", "system", "module"}
         out: list[Candidate] = []
         if "cwd" in allowed:
@@ -112,7 +119,9 @@ class Locations:
         return out
 
     def target(self, location: str, processor: str) -> Candidate:
-        """The candidate an install into ``location`` writes to."""
-        directory = self.directory(location, processor)
-        kind = location if location in ("cwd", "data", "system", "module") else "dir"
-        return Candidate(kind, directory)
+        """The candidate an install into ``location`` writes to (memoized)."""
+        key = (location, canonical_processor(processor))
+        if key not in self._targets:
+            kind = location if location in ("cwd", "data", "system", "module") else "dir"
+            self._targets[key] = Candidate(kind, self.directory(location, processor))
+        return self._targets[key]

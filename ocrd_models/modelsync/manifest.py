@@ -216,10 +216,27 @@ class Manifest(BaseModel):
 _TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)\s*$")
 
 
+# Parsed TOML, cached as JSON keyed by the text's SHA-256 (set by the CLI; None = no cache).
+# tomllib is pure Python: a 10 000-model manifest and its lock take seconds to parse, JSON milliseconds.
+PARSE_CACHE_DIR: Path | None = None
+_PARSE_CACHE_MIN = 64 * 1024  # small files parse faster than a cache lookup
+
+
 def parse_toml(text: str, path: Path, error_cls: type[Exception] = ManifestError) -> dict[str, Any]:
     """Parse TOML, turning a syntax error into ``path:line:column: message``."""
+    cache = None
+    if PARSE_CACHE_DIR is not None and len(text) >= _PARSE_CACHE_MIN:
+        key = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        cache = PARSE_CACHE_DIR / "parsed" / f"{key}.json"
+        try:
+            return json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
+        if cache is not None:
+            _store_parsed(cache, data)
+        return data
     except tomllib.TOMLDecodeError as err:
         text_err = str(err)
         m = _TOML_POS.match(text_err)
@@ -232,6 +249,18 @@ def parse_toml(text: str, path: Path, error_cls: type[Exception] = ManifestError
         else:
             where, msg = str(path), text_err
         raise error_cls(f"{where}: invalid TOML: {msg}. Fix the file and run the command again.") from None
+
+
+def _store_parsed(cache: Path, data: dict[str, Any]) -> None:
+    from .atomic import write_text_atomic
+
+    try:
+        # Only JSON-exact data is cached (TOML dates would not round-trip): compare after a trip.
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        if json.loads(text) == data:
+            write_text_atomic(cache, text)
+    except (OSError, TypeError, ValueError):
+        pass
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:

@@ -53,6 +53,11 @@ class InstallRecord:
 
     def is_fresh(self) -> bool:
         """True when every file's size, mtime and inode are as recorded (no hashing)."""
+        if not self.is_dir:  # the common case, without pathlib: one stat
+            try:
+                return {"": StatSig.of(os.stat(self.path))} == self.sigs
+            except OSError:
+                return False
         now = current_sigs(Path(self.path))
         return now is not None and now == self.sigs
 
@@ -62,26 +67,28 @@ class RecordStore:
 
     def __init__(self, state_dir: Path):
         self.root = state_dir / "records"
+        self._root = str(self.root)
 
-    def _file(self, path: Path) -> Path:
+    def _file(self, path: Path) -> str:
         key = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()
-        return self.root / key[:2] / f"{key}.json"
+        return os.path.join(self._root, key[:2], key + ".json")  # strings: this runs once per resource
 
     def get(self, path: Path) -> InstallRecord | None:
         """The record of ``path``, or None (missing or unreadable counts as none)."""
         try:
-            rec = InstallRecord.from_json(self._file(path).read_text(encoding="utf-8"))
+            with open(self._file(path), encoding="utf-8") as fh:
+                rec = InstallRecord.from_json(fh.read())
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return rec if rec.path == os.path.abspath(path) else None
 
     def put(self, record: InstallRecord) -> None:
         """Write a record atomically (the last step of an install)."""
-        write_text_atomic(self._file(Path(record.path)), record.to_json())
+        write_text_atomic(Path(self._file(Path(record.path))), record.to_json())
 
     def delete(self, path: Path) -> None:
         """Forget ``path``."""
-        self._file(path).unlink(missing_ok=True)
+        Path(self._file(path)).unlink(missing_ok=True)
 
     def all(self) -> list[InstallRecord]:
         """Every readable record."""

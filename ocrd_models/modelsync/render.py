@@ -52,13 +52,28 @@ def emit_json(doc: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+PLAIN_ABOVE = 300  # rows: beyond this, even a terminal gets plain text (rich tables cost ~1 ms a row)
+
+
+def _plain_table(columns: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    """A rich table on stdout."""
+    """A table on stdout: rich on a terminal, plain aligned columns in pipes, logs and for long lists."""
+    columns = list(columns)
+    rows = [["" if v is None else str(v) for v in r] for r in rows]
+    if not sys.stdout.isatty() or len(rows) > PLAIN_ABOVE:
+        _plain_table(columns, rows)
+        return
     t = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*[("" if v is None else str(v)) for v in r])
+        t.add_row(*r)
     out.print(t)
 
 

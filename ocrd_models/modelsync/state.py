@@ -43,26 +43,45 @@ class Observation:
         return next((h for h in self.hits if h.path == path), None)
 
 
+class DirListing:
+    """Names in each directory, listed once per run: one scandir instead of a stat per candidate."""
+
+    def __init__(self) -> None:
+        self._names: dict[Path, frozenset[str]] = {}
+
+    def __contains__(self, path: Path) -> bool:
+        folder = path.parent
+        names = self._names.get(folder)
+        if names is None:
+            try:
+                with os.scandir(folder) as it:
+                    names = frozenset(e.name for e in it)
+            except OSError:
+                names = frozenset()
+            self._names[folder] = names
+        return path.name in names
+
+
 def observe(processor: str, name: str, location: str, expected: str | None,
-            locations: Locations, records: RecordStore) -> Observation:
-    """Scan the lookup order of one resource; hash only when a digest is expected and no fresh record vouches."""
+            locations: Locations, records: RecordStore, listing: DirListing | None = None) -> Observation:
+    """Scan the lookup order of one resource; hash only when a digest is expected and no fresh record vouches.
+
+    ``listing`` (shared across resources of one run) avoids a stat per candidate path.
+    """
     target = locations.target(location, processor)
     target_path = target.directory / name
     lookup = locations.lookup(processor)
-    dirs = [c.directory for c in lookup]
-    on_path = target.directory in dirs
+    on_path = any(c.directory == target.directory for c in lookup)
     # An explicit directory OCR-D does not search still holds our install: look there last.
-    search = lookup if on_path else lookup + [target]
+    search = lookup if on_path else [*lookup, target]
     hits: list[Hit] = []
     seen: set[Path] = set()
     for cand in search:
-        path = cand.directory / name
-        if path in seen:
+        path = target_path if cand.directory == target.directory else cand.directory / name
+        if path in seen or (listing is not None and path not in listing):
             continue
         seen.add(path)
-        try:
-            st = os.stat(path)
-        except OSError:
+        if not os.path.lexists(path) or not os.path.exists(path):
             continue
         is_dir = os.path.isdir(path)
         digest, trusted = None, False
@@ -74,6 +93,5 @@ def observe(processor: str, name: str, location: str, expected: str | None,
                 digest = digest_path(path)[0]
             except OSError:
                 digest = None
-        del st
         hits.append(Hit(cand, path, is_dir, digest, trusted))
     return Observation(target, target_path, tuple(hits), on_path)
