@@ -13,11 +13,9 @@ the task says no-op. Never part of the test suite.
 from __future__ import annotations
 
 import argparse
-import io
 import lzma
 import os
 import random
-import resource
 import shutil
 import socket
 import statistics
@@ -244,7 +242,7 @@ def main() -> int:
         if want("archives"):
             for kind, path in corpus["archives"].items():
                 b.manifest([f'{{ name = "model", url = "{url(path)}", type = "archive", path_in_archive = "model" }}'])
-                unpack = (f"unzip -q a -d out" if kind == "zip" else "mkdir out && tar xf a -C out")
+                unpack = ("unzip -q a -d out" if kind == "zip" else "mkdir out && tar xf a -C out")
                 b.pair(f"cold sync, 150 MiB model as .{kind}", [MODELSYNC, "sync"],
                        ["sh", "-c", f"curl -s -o a {url(path)} && {unpack}"], "<= 1.5x curl + unpack",
                        lambda mo, mt: ok(mo <= 1.5 * mt))

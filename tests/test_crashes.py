@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from crashkit import MODELSYNC, PHASES, Report, Scenario, check, recover, render, run_trials, trial
+from crashkit import MODELSYNC, PHASES, Report, Scenario, check, recover, render, run_trials
 from httpserver import FileServer
 
 

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-import zipfile
 from pathlib import Path
 
 import pytest

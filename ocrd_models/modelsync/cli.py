@@ -63,10 +63,12 @@ def _project(manifest: Path, mirror: list[str] | None = None, parallel: int | No
 
     if progress is not None:
         kw["progress"] = progress
-    if kw.get("link_mode") not in (None, "auto", "hardlink", "copy"):
+    from .cache import LINK_MODES
+
+    if kw.get("link_mode") not in (None, *LINK_MODES):
         from .errors import UserInputError
 
-        raise UserInputError(f"--link-mode {kw['link_mode']!r}: allowed are auto, hardlink, copy")
+        raise UserInputError(f"--link-mode {kw['link_mode']!r}: allowed are {', '.join(LINK_MODES)}")
     return Project(manifest, Environment.from_os(), extra_mirrors=parse_mirror_pairs(mirror or []),
                    parallel=parallel, **kw)
 

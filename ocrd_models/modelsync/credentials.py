@@ -53,14 +53,6 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/:"), parts.fragment))
 
 
-def redact_text(text: str, secrets: list[str]) -> str:
-    """Replace every known secret value in a message by ``***``."""
-    for s in sorted(secrets, key=len, reverse=True):
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
-
-
 @dataclass
 class Credentials:
     """Authorization headers by host."""
@@ -108,19 +100,6 @@ class Credentials:
             return {"Authorization": f"Basic {raw}"}
         value = self.headers.get((parts.hostname or "").lower())
         return {"Authorization": value} if value else {}
-
-    def secrets(self) -> list[str]:
-        """Every secret value, to scrub from messages."""
-        out = []
-        for v in self.headers.values():
-            scheme, _, token = v.partition(" ")
-            out.append(token)
-            if scheme == "Basic":
-                try:
-                    out.extend(base64.b64decode(token).decode().split(":", 1))
-                except ValueError:
-                    pass
-        return out
 
 
 _USERINFO = re.compile(r"(https?://)[^/@\s]+@")

@@ -11,7 +11,6 @@ host. On any failure the temp file is removed; a checksum mismatch installs noth
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import threading
 import time
@@ -360,12 +359,3 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a file's data to disk before it is renamed into place."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

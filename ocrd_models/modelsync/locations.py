@@ -22,9 +22,6 @@ from .errors import LocationError
 from .registry import Registry, canonical_processor
 from .settings import TESSEROCR_RECOGNIZE, Environment
 
-LOOKUP_ORDER = ("cwd", "path", "data", "system", "module")
-
-
 @dataclass(frozen=True)
 class Candidate:
     """One directory a processor looks into, labelled with its location kind."""

@@ -7,7 +7,7 @@ atomically and only when its bytes change.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +169,3 @@ def write_lock(path: Path, lock: Lockfile) -> bool:
         pass
     write_text_atomic(path, text, durable=True, before_rename=lambda: failpoints.hit("lock"))
     return True
-
-
-def entry_dict(entry: LockEntry) -> dict[str, Any]:
-    """Plain dict of an entry (for JSON output)."""
-    return asdict(entry)

@@ -84,7 +84,7 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     """An error paragraph on stderr."""
-    err.print(f"[bold red]error:[/bold red] ", end="", markup=True)
+    err.print("[bold red]error:[/bold red] ", end="", markup=True)
     err.print(message, markup=False, highlight=False)
 
 

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-ResourceType = Literal["file", "archive", "directory"]
-RESOURCE_TYPES: tuple[str, ...] = ("file", "archive", "directory")
 # Old OCR-D resource lists (core <= 2.x) call archives "tarball".
 _TYPE_ALIASES = {"tarball": "archive"}
-
-# Where an entry came from, highest precedence first (README: "Registry precedence").
-SOURCES: tuple[str, ...] = ("manifest", "user-database", "processor", "bundled")
 
 
 @dataclass(frozen=True, slots=True)

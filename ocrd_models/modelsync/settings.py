@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TOOL_NAME = "modelsync"
 MANIFEST_NAME = "models.toml"
 LOCK_NAME = "models.lock"
 
