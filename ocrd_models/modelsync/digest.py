@@ -123,7 +123,7 @@ class PipelinedSha256:
 
     _DONE = object()
 
-    def __init__(self, depth: int = 8) -> None:
+    def __init__(self, depth: int = 2) -> None:
         import queue
         import threading
 
