@@ -73,6 +73,7 @@ def test_sigint_stops_promptly_cleans_up_and_exits_130(tmp_path):
         t0 = time.time()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
+        # Not a speed goal: a behaviour. A stuck download must not keep Ctrl-C waiting (generous bound).
         assert time.time() - t0 < 5, "Ctrl-C must stop promptly"
         assert proc.returncode == 130, err
         assert "interrupted" in err and "Traceback" not in err

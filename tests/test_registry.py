@@ -85,16 +85,6 @@ def test_index_file_is_exactly_what_the_generator_writes(tmp_path):
     assert out.read_bytes() == committed.read_bytes()
 
 
-def test_registry_loads_in_milliseconds():
-    code = ("import time; t=time.perf_counter();"
-            "from ocrd_models.modelsync.registry import Registry;"
-            "from ocrd_models.modelsync.settings import Environment;"
-            "Registry.load(Environment({})); print(time.perf_counter()-t)")
-    secs = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    # Not a timing goal (those live in benchmarks/): a guard against loading something huge by mistake.
-    assert secs < 2.0
-
-
 def _fake_processor(bindir, exe: str, resources: list[dict], counter) -> None:
     bindir.mkdir(exist_ok=True)
     script = bindir / exe

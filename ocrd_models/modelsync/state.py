@@ -81,7 +81,7 @@ def observe(processor: str, name: str, location: str, expected: str | None,
         if path in seen or (listing is not None and path not in listing):
             continue
         seen.add(path)
-        if not os.path.lexists(path) or not os.path.exists(path):
+        if not os.path.exists(path):  # a dangling symlink is not a model either
             continue
         is_dir = os.path.isdir(path)
         digest, trusted = None, False
