@@ -303,10 +303,8 @@ def sync(
             _report_check(plan, json_out)
             return
         try:
-            result = project.sync(plan=plan, locked=locked)
-            failures, outcomes, lock_written = [], result.outcomes, result.lock_written
+            lock_written = project.sync(plan=plan, locked=locked).lock_written
         except SyncFailed as err:
-            failures, outcomes, lock_written = err.failures, None, None
             if json_out:
                 render.emit_json({"ok": False, **_plan_doc(plan),
                                   "failures": [{"processor": f.processor, "name": f.name, "error": str(f.error),
@@ -324,7 +322,6 @@ def sync(
                      + (f", removed {done['remove']}" if done["remove"] else "")
                      + f"; {project.lock_path.name} {'written' if lock_written else 'unchanged'}",
                      markup=False, highlight=False)
-    del failures, outcomes
 
 
 @app.command()

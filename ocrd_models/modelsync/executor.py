@@ -77,9 +77,8 @@ def _keep(action: Action, ctx: ExecContext) -> Outcome:
     assert w is not None and exp is not None
     path = action.target
     if exp.locked is not None and not action.adopt:
-        # Matches the lock; refresh the record if we had to hash (so the next run stats only).
-        rec = ctx.records.get(path)
-        if rec is None or not rec.is_fresh():
+        # Matches the lock. If the scan had to hash it, record it, so the next run only stats.
+        if not action.trusted:
             _record(ctx, w, path, exp.locked.expected_installed or "", exp.locked.sha256, exp.locked.url)
         return Outcome(action, exp.locked, path=path)
     digest, sigs = digest_path(path)

@@ -49,6 +49,7 @@ class Action:
     expect: Expectation | None = None
     found: Path | None = None  # what the processor would use now
     adopt: bool = False  # keep a resource nobody locked yet: digest it and lock it
+    trusted: bool = False  # keep: a fresh install record vouched for it (no record to refresh)
     warnings: tuple[str, ...] = ()
     location_label: str = ""
 
@@ -109,11 +110,12 @@ def plan_resource(w: Wanted, exp: Expectation, obs: Observation) -> Action:
         return Action(kind=KEEP, target=effective.path, found=effective.path, adopt=True,
                       reason=f"found at {where}; not locked yet, adopted as is", **base)
     if effective.digest == exp.installed:
-        return Action(kind=KEEP, target=effective.path, found=effective.path,
+        return Action(kind=KEEP, target=effective.path, found=effective.path, trusted=effective.trusted,
                       reason=f"installed at {effective.candidate.label}"
                              + (" (verified)" if effective.trusted else " (hashed)"), **base)
     if at_target is not None and at_target.digest == exp.installed:
         return Action(kind=KEEP, target=target, found=effective.path, reason="installed at target",
+                      trusted=at_target.trusted,
                       warnings=(f"shadowed: the processor finds {_describe(effective)} first, "
                                 "which differs from the locked bytes; remove that copy",), **base)
     warnings = list(not_on_path)

@@ -306,12 +306,15 @@ class Project:
         """Install what the plan says, write the lock, raise SyncFailed if anything failed.
 
         ``locked``: refuse (LockStale, nothing installed) unless models.lock is up to date, and
-        never rewrite it. ``check``: raise ChangesPending if anything would change; change nothing.
+        never rewrite it; a caller passing its own ``plan`` has checked that already (before
+        planning, so a stale lock costs no hashing). ``check``: raise ChangesPending if anything
+        would change; change nothing.
         With ``offline``, fail before installing anything if a resource is not available locally.
         """
-        if locked:
-            self.check_locked()
-        plan = plan or self.plan(prune=prune, upgrade=upgrade)
+        if plan is None:
+            if locked:
+                self.check_locked()
+            plan = self.plan(prune=prune, upgrade=upgrade)
         if check:
             if plan.changes:
                 raise ChangesPending(f"{len(plan.changes)} change(s) pending (--check):\n" + "\n".join(
