@@ -69,10 +69,19 @@ def walk_tree(root: Path) -> list[tuple[str, os.stat_result, Path]]:
     return out
 
 
-def tree_digest(root: Path, on_bytes: Callable[[int], None] | None = None) -> tuple[str, dict[str, StatSig]]:
-    """Digest of a directory tree, plus the stat signature of each regular file in it."""
+Known = dict[str, tuple[int, str]]  # absolute path -> (size, sha256) of files we just wrote ourselves
+
+
+def tree_digest(root: Path, on_bytes: Callable[[int], None] | None = None,
+                known: Known | None = None) -> tuple[str, dict[str, StatSig]]:
+    """Digest of a directory tree, plus the stat signature of each regular file in it.
+
+    ``known`` holds hashes computed while the files were written (archive extraction into our
+    private temp dir): those files are not read a second time.
+    """
     import stat as statmod
 
+    known = known or {}
     lines: list[str] = []
     sigs: dict[str, StatSig] = {}
     for rel, st, path in walk_tree(root):
@@ -81,7 +90,9 @@ def tree_digest(root: Path, on_bytes: Callable[[int], None] | None = None) -> tu
         elif statmod.S_ISLNK(st.st_mode):
             lines.append(f"L {rel} {os.readlink(path)}")
         elif statmod.S_ISREG(st.st_mode):
-            lines.append(f"F {rel} {st.st_size} {sha256_file(path, on_bytes)}")
+            size_sha = known.get(str(path))
+            sha = size_sha[1] if size_sha and size_sha[0] == st.st_size else sha256_file(path, on_bytes)
+            lines.append(f"F {rel} {st.st_size} {sha}")
             sigs[rel] = StatSig.of(st)
         else:
             lines.append(f"O {rel}")  # sockets, fifos: never produced by us, but must change the digest
@@ -89,11 +100,12 @@ def tree_digest(root: Path, on_bytes: Callable[[int], None] | None = None) -> tu
     return hashlib.sha256(blob).hexdigest(), sigs
 
 
-def digest_path(path: Path, on_bytes: Callable[[int], None] | None = None) -> tuple[str, dict[str, StatSig]]:
+def digest_path(path: Path, on_bytes: Callable[[int], None] | None = None,
+                known: Known | None = None) -> tuple[str, dict[str, StatSig]]:
     """Digest of a file (its SHA-256) or a tree; stat signatures keyed by relpath ('' for a file)."""
     st = path.stat()
     if path.is_dir():
-        return tree_digest(path, on_bytes)
+        return tree_digest(path, on_bytes, known)
     return sha256_file(path, on_bytes), {"": StatSig.of(st)}
 
 
@@ -161,3 +173,50 @@ class PipelinedSha256:
         if self._thread.is_alive():
             self._q.put(self._DONE)
             self._thread.join()
+
+
+class FileHasher:
+    """SHA-256 of files being written one after another, computed on one helper thread.
+
+    Extraction (decompression and writes, which release the GIL) runs on the caller's thread
+    while this thread hashes what was written, so an archive's tree digest costs no second
+    pass over the unpacked files. Results land in ``known`` (see :func:`tree_digest`).
+    """
+
+    def __init__(self, depth: int = 4) -> None:
+        import queue
+        import threading
+
+        self.known: Known = {}
+        self._q: "queue.Queue" = queue.Queue(maxsize=depth)  # bounds memory to ``depth`` chunks
+        self._thread = threading.Thread(target=self._run, name="modelsync-filehash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        h, size = hashlib.sha256(), 0
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            path, data = item
+            if isinstance(data, bytes):
+                h.update(data)
+                size += len(data)
+            else:  # end of this file
+                self.known[path] = (size, h.hexdigest())
+                h, size = hashlib.sha256(), 0
+
+    def feed(self, data: bytes) -> None:
+        """Queue the next bytes of the file being written."""
+        self._q.put(("", data))
+
+    def end(self, path: Path) -> None:
+        """The file being written is complete at ``path``."""
+        self._q.put((str(path), False))
+
+    def close(self) -> Known:
+        """Wait for the queued bytes; return every finished file's (size, sha256)."""
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+        return self.known

@@ -24,7 +24,7 @@ from typing import Callable
 
 from .atomic import fsync_dir, remove_path, temp_name
 from .cache import Cache
-from .digest import StatSig, current_sigs, digest_path
+from .digest import FileHasher, StatSig, current_sigs, digest_path
 from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError
 from . import failpoints
 from .fetch import NetConfig, fetch, local_source
@@ -105,9 +105,13 @@ def obtain(req: Request, cache: Cache, f: Fetcher) -> Obtained:
     try:
         unpack_dir.mkdir(parents=True)
         label = req.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or req.name
-        extract(blob, unpack_dir, label, f.limits)
+        hasher = FileHasher()
+        try:
+            extract(blob, unpack_dir, label, f.limits, hasher)
+        finally:
+            known = hasher.close()
         chosen = select(unpack_dir, req.path_in_archive, label)
-        digest = digest_path(chosen)[0]
+        digest = digest_path(chosen, known=known)[0]
         _check_installed(req, digest)
         tree = cache.add_tree(chosen, digest)
     finally:

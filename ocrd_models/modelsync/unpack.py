@@ -7,6 +7,7 @@ directory on the target filesystem; the caller renames the selected member into 
 
 from __future__ import annotations
 
+import errno
 import gzip
 import lzma
 import os
@@ -16,11 +17,11 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from .errors import UnsafeArchive
-
 from dataclasses import dataclass
 
 from . import failpoints
+from .digest import CHUNK, FileHasher
+from .errors import UnsafeArchive
 
 
 @dataclass(frozen=True)
@@ -71,44 +72,91 @@ def _safe_rel(name: str, archive: str) -> PurePosixPath:
     return p
 
 
-def _extract_tar(path: Path, dest: Path, fmt: str, label: str, limits: Limits) -> None:
-    mode = {"tar": "r:", "tar.gz": "r:gz", "tar.bz2": "r:bz2", "tar.xz": "r:xz"}[fmt]
+def _check_tar_member(m: tarfile.TarInfo, label: str, seen: set[str]) -> None:
+    rel = str(_safe_rel(m.name, label))
+    if rel in seen and not m.isdir():
+        raise UnsafeArchive(f"{label}: member {m.name!r} appears twice; refused (which one is the model?)")
+    seen.add(rel)
+    if m.isdev() or m.isfifo():
+        raise UnsafeArchive(f"{label}: member {m.name!r} is a device or FIFO; refused")
+    if m.issym() or m.islnk():
+        target = PurePosixPath(m.linkname)
+        base = PurePosixPath(m.name).parent if m.issym() else PurePosixPath()
+        resolved = os.path.normpath(str(base / target))
+        if target.is_absolute() or resolved.startswith(".."):
+            raise UnsafeArchive(f"{label}: link {m.name!r} -> {m.linkname!r} points outside the archive; refused")
+
+
+def _write_member(src, out: Path, mode: int, hasher: FileHasher | None) -> int:
+    # O_EXCL | O_NOFOLLOW: never write through a link or over anything an earlier member made.
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    written = 0
+    with open(fd, "wb", buffering=0) as dst:
+        while chunk := src.read(CHUNK):
+            dst.write(chunk)
+            written += len(chunk)
+            if hasher:
+                hasher.feed(chunk)
+    if hasher:
+        hasher.end(out)
+    return written
+
+
+def _extract_tar(path: Path, dest: Path, fmt: str, label: str, limits: Limits, hasher: FileHasher | None) -> None:
+    # Stream mode with 1 MiB reads: decompression runs in C on large buffers (the random-access
+    # mode reads through gzip/lzma file objects in 16 KiB steps, several times slower). Members
+    # are checked as they come; a refusal part-way leaves only our private temp dir behind.
+    mode = {"tar": "r|", "tar.gz": "r|gz", "tar.bz2": "r|bz2", "tar.xz": "r|xz"}[fmt]
+    data_filter = getattr(tarfile, "data_filter", None)
     try:
-        with tarfile.open(path, mode) as tf:
-            members = []
+        with tarfile.open(path, mode, bufsize=CHUNK) as tf:
             seen: set[str] = set()
-            total = 0
+            total = members = 0
             for m in tf:
-                rel = str(_safe_rel(m.name, label))
-                if rel in seen and not m.isdir():
-                    raise UnsafeArchive(f"{label}: member {m.name!r} appears twice; refused (which one is the model?)")
-                seen.add(rel)
-                if m.isdev() or m.isfifo():
-                    raise UnsafeArchive(f"{label}: member {m.name!r} is a device or FIFO; refused")
-                if m.issym() or m.islnk():
-                    target = PurePosixPath(m.linkname)
-                    base = PurePosixPath(m.name).parent if m.issym() else PurePosixPath()
-                    resolved = os.path.normpath(str(base / target))
-                    if target.is_absolute() or resolved.startswith(".."):
-                        raise UnsafeArchive(f"{label}: link {m.name!r} -> {m.linkname!r} points outside "
-                                            "the archive; refused")
+                _check_tar_member(m, label, seen)
+                members += 1
                 total += m.size
-                members.append(m)
-                limits.exceeded(label, m.name, len(members), total)
-            # The stdlib "data" filter re-checks everything above and strips unsafe modes.
-            for m in members:
-                if hasattr(tarfile, "data_filter"):
+                limits.exceeded(label, m.name, members, total)
+                if m.isreg() and data_filter is not None:
+                    # The stdlib "data" filter re-checks the path (through links already on disk).
+                    m = data_filter(m, str(dest))
+                    out = dest / m.name
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with tf.extractfile(m) as src:
+                        _write_member(src, out, 0o755 if (m.mode or 0) & 0o100 else 0o644, hasher)
+                elif data_filter is not None:
                     tf.extract(m, dest, filter="data")
                 else:  # pragma: no cover - Python < 3.11.4
                     tf.extract(m, dest)
                 failpoints.hit("unpack")
     except getattr(tarfile, "FilterError", ()) as err:
         raise UnsafeArchive(f"{label}: refused: {err}") from None
+    except FileExistsError as err:
+        raise UnsafeArchive(f"{label}: member {err.filename!r} would replace something an earlier member "
+                            "wrote; refused") from None
     except (tarfile.TarError, EOFError, ValueError, gzip.BadGzipFile, lzma.LZMAError, zlib.error) as err:
         raise UnsafeArchive(f"{label}: not a valid {fmt} archive ({err})") from None
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):  # a member aimed through a link or file
+            raise UnsafeArchive(f"{label}: member {err.filename!r} cannot be written where it points; refused") \
+                from None
+        raise  # a full disk or a permission problem is not the archive's fault
 
 
-def _extract_zip(path: Path, dest: Path, label: str, limits: Limits) -> None:
+class _Counted:
+    """A reader that reports the running byte count after every read (to stop a zip bomb early)."""
+
+    def __init__(self, src, check) -> None:
+        self._src, self._check, self._n = src, check, 0
+
+    def read(self, size: int) -> bytes:
+        chunk = self._src.read(size)
+        self._n += len(chunk)
+        self._check(self._n)
+        return chunk
+
+
+def _extract_zip(path: Path, dest: Path, label: str, limits: Limits, hasher: FileHasher | None) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -131,29 +179,29 @@ def _extract_zip(path: Path, dest: Path, label: str, limits: Limits) -> None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if out.is_symlink() or (out.exists() and out.is_dir()):
                     raise UnsafeArchive(f"{label}: member {info.filename!r} would replace a directory or link")
-                with zf.open(info) as src, open(out, "wb") as dst:
+                with zf.open(info) as src:
                     # Count what is really written: a zip's declared sizes can lie.
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        limits.exceeded(label, info.filename, len(seen), written)
-                        dst.write(chunk)
+                    written += _write_member(_Counted(src, lambda n: limits.exceeded(
+                        label, info.filename, len(seen), written + n)), out, 0o644, hasher)
                 failpoints.hit("unpack")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as err:
         raise UnsafeArchive(f"{label}: not a valid zip archive ({err})") from None
 
 
-def extract(path: Path, dest: Path, label: str | None = None, limits: Limits | None = None) -> str:
+def extract(path: Path, dest: Path, label: str | None = None, limits: Limits | None = None,
+            hasher: FileHasher | None = None) -> str:
     """Extract the archive at ``path`` into the empty directory ``dest``; return the format.
 
-    ``label`` names the archive in messages (the URL's file name, not our temp name).
+    ``label`` names the archive in messages (the URL's file name, not our temp name). With a
+    ``hasher``, every regular file written is hashed on the way (its results feed the tree digest).
     """
     label = label or path.name
     limits = limits or Limits()
     fmt = sniff(path, label)
     if fmt == "zip":
-        _extract_zip(path, dest, label, limits)
+        _extract_zip(path, dest, label, limits, hasher)
     else:
-        _extract_tar(path, dest, fmt, label, limits)
+        _extract_tar(path, dest, fmt, label, limits, hasher)
     return fmt
 
 
