@@ -41,6 +41,11 @@ SECRET_PARAMS = {
 @lru_cache(maxsize=65536)  # called per resource and comparison: 10 000-model plans call it often
 def redact(url: str) -> str:
     """``url`` without user info and secret query parameters (for messages and the lock)."""
+    head = url[:8].lower()
+    if not head.startswith(("http://", "https://")):
+        return url  # file URLs and local paths carry no credentials
+    if _plain_http_url(url):
+        return url  # already what the slow path below would produce: skip urlsplit (runs per resource)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return url
@@ -51,6 +56,17 @@ def redact(url: str) -> str:
         netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in SECRET_PARAMS]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/:"), parts.fragment))
+
+
+def _plain_http_url(url: str) -> bool:
+    """True for a lower-case ``http(s)://host[:port]/path`` with no user info, query, fragment or IPv6."""
+    if not url.startswith(("http://", "https://")) or any(c in url for c in "@?#[%"):
+        return False
+    host = url.split("//", 1)[1].split("/", 1)[0]
+    name, colon, port = host.partition(":")
+    if colon and not (port.isdigit() and str(int(port)) == port and 0 < int(port) < 65536):
+        return False
+    return bool(name) and host == host.lower()
 
 
 @dataclass

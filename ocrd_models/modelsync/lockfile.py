@@ -92,12 +92,14 @@ def dumps(lock: Lockfile) -> str:
     return HEADER + tomli_w.dumps(doc)
 
 
+_FIELDS = frozenset(f.name for f in fields(LockEntry))
+
+
 def _entry(raw: Any, i: int, path: Path) -> LockEntry:
-    where = f"{path}: resource[{i}]"
+    where = f"{path}: resource[{i}]"  # only formatted into messages, but cheap next to the checks
     if not isinstance(raw, dict):
         raise LockfileError(f"{where} is not a table")
-    known = {f.name for f in fields(LockEntry)}
-    extra = set(raw) - known
+    extra = raw.keys() - _FIELDS
     if extra:
         raise LockfileError(f"{where}: unknown field(s) {', '.join(sorted(extra))}")
     for key in ("processor", "name", "url"):

@@ -26,7 +26,7 @@ from .records import InstallRecord, RecordStore
 from .registry import Registry, canonical_processor
 from .resolve import Wanted, resolve
 from .settings import LOCK_NAME, Environment
-from .state import DirListing, Observation, observe
+from .state import Observation, Scanner, observe
 
 
 @dataclass
@@ -232,11 +232,9 @@ class Project:
         wanted = self.wanted()
         lock = self._lock_for(upgrade)
         exps = expectations(wanted, lock)
-        listing = DirListing()
+        scan = Scanner(self.locations, self.records).observe
         obs: dict[tuple[str, str], Observation] = {
-            w.key: observe(w.processor, w.name, w.location, exps[w.key].installed, self.locations, self.records,
-                           listing)
-            for w in wanted
+            w.key: scan(w.processor, w.name, w.location, exps[w.key].installed) for w in wanted
         }
         removals = self._removals(wanted) if prune else None
         return make_plan(wanted, lock, obs, removals)

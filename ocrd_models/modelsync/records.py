@@ -69,26 +69,31 @@ class RecordStore:
         self.root = state_dir / "records"
         self._root = str(self.root)
 
-    def _file(self, path: Path) -> str:
-        key = hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()
-        return os.path.join(self._root, key[:2], key + ".json")  # strings: this runs once per resource
+    def _file(self, abspath: str) -> str:
+        key = hashlib.sha256(os.fsencode(abspath)).hexdigest()
+        return f"{self._root}/{key[:2]}/{key}.json"  # strings: this runs once per resource
 
-    def get(self, path: Path) -> InstallRecord | None:
+    def get(self, path: Path | str) -> InstallRecord | None:
         """The record of ``path``, or None (missing or unreadable counts as none)."""
+        abspath = os.path.abspath(path)
         try:
-            with open(self._file(path), encoding="utf-8") as fh:
-                rec = InstallRecord.from_json(fh.read())
+            fd = os.open(self._file(abspath), os.O_RDONLY)
+            try:
+                data = os.read(fd, 65536)  # records are small; a 1 MiB buffer per read costs more than the read
+            finally:
+                os.close(fd)
+            rec = InstallRecord.from_json(data.decode("utf-8"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return rec if rec.path == os.path.abspath(path) else None
+        return rec if rec.path == abspath else None
 
     def put(self, record: InstallRecord) -> None:
         """Write a record atomically (the last step of an install)."""
-        write_text_atomic(Path(self._file(Path(record.path))), record.to_json())
+        write_text_atomic(Path(self._file(os.path.abspath(record.path))), record.to_json())
 
     def delete(self, path: Path) -> None:
         """Forget ``path``."""
-        Path(self._file(path)).unlink(missing_ok=True)
+        Path(self._file(os.path.abspath(path))).unlink(missing_ok=True)
 
     def all(self) -> list[InstallRecord]:
         """Every readable record."""

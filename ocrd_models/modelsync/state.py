@@ -44,54 +44,96 @@ class Observation:
 
 
 class DirListing:
-    """Names in each directory, listed once per run: one scandir instead of a stat per candidate."""
+    """Names in each directory, listed once per run: one scandir instead of a stat per candidate.
+
+    Keyed by directory string; each name maps to whether it is a directory (following links).
+    Names that do not resolve (dangling links) are left out: they are no model either.
+    """
 
     def __init__(self) -> None:
-        self._names: dict[Path, frozenset[str]] = {}
+        self._names: dict[str, dict[str, bool]] = {}
 
-    def __contains__(self, path: Path) -> bool:
-        folder = path.parent
+    def entries(self, folder: str) -> dict[str, bool]:
+        """``{name: is_dir}`` of ``folder`` (empty when it cannot be listed)."""
         names = self._names.get(folder)
         if names is None:
+            names = {}
             try:
                 with os.scandir(folder) as it:
-                    names = frozenset(e.name for e in it)
+                    for e in it:
+                        try:
+                            if e.is_dir():
+                                names[e.name] = True
+                            elif not e.is_symlink() or os.path.exists(e.path):
+                                names[e.name] = False
+                        except OSError:
+                            continue
             except OSError:
-                names = frozenset()
+                pass
             self._names[folder] = names
-        return path.name in names
+        return names
+
+
+@dataclass(frozen=True)
+class _Route:
+    """The precomputed search of one (processor, location): candidates and their directory strings."""
+
+    target: Candidate
+    target_dir: str
+    search: tuple[tuple[Candidate, str], ...]
+    on_path: bool
+
+
+class Scanner:
+    """Observes many resources in one run: lookup orders, listings and routes computed once."""
+
+    def __init__(self, locations: Locations, records: RecordStore) -> None:
+        self.locations, self.records = locations, records
+        self.listing = DirListing()
+        self._routes: dict[tuple[str, str], _Route] = {}
+
+    def _route(self, processor: str, location: str) -> _Route:
+        key = (processor, location)
+        route = self._routes.get(key)
+        if route is None:
+            target = self.locations.target(location, processor)
+            lookup = self.locations.lookup(processor)
+            on_path = any(c.directory == target.directory for c in lookup)
+            # An explicit directory OCR-D does not search still holds our install: look there last.
+            cands = lookup if on_path else [*lookup, target]
+            search, seen = [], set()
+            for c in cands:
+                d = os.path.abspath(target.directory if c.directory == target.directory else c.directory)
+                if d not in seen:
+                    seen.add(d)
+                    search.append((c, d))
+            route = _Route(target, os.path.abspath(target.directory), tuple(search), on_path)
+            self._routes[key] = route
+        return route
+
+    def observe(self, processor: str, name: str, location: str, expected: str | None) -> Observation:
+        """Scan the lookup order of one resource; hash only when a digest is expected and no fresh record vouches."""
+        route = self._route(processor, location)
+        hits: list[Hit] = []
+        for cand, folder in route.search:
+            is_dir = self.listing.entries(folder).get(name)
+            if is_dir is None:
+                continue
+            path = f"{folder}{os.sep}{name}"
+            digest, trusted = None, False
+            rec = self.records.get(path)
+            if rec is not None and rec.is_dir == is_dir and rec.is_fresh():
+                digest, trusted = rec.digest, True
+            elif expected is not None:
+                try:
+                    digest = digest_path(Path(path))[0]
+                except OSError:
+                    digest = None
+            hits.append(Hit(cand, Path(path), is_dir, digest, trusted))
+        return Observation(route.target, Path(f"{route.target_dir}{os.sep}{name}"), tuple(hits), route.on_path)
 
 
 def observe(processor: str, name: str, location: str, expected: str | None,
-            locations: Locations, records: RecordStore, listing: DirListing | None = None) -> Observation:
-    """Scan the lookup order of one resource; hash only when a digest is expected and no fresh record vouches.
-
-    ``listing`` (shared across resources of one run) avoids a stat per candidate path.
-    """
-    target = locations.target(location, processor)
-    target_path = target.directory / name
-    lookup = locations.lookup(processor)
-    on_path = any(c.directory == target.directory for c in lookup)
-    # An explicit directory OCR-D does not search still holds our install: look there last.
-    search = lookup if on_path else [*lookup, target]
-    hits: list[Hit] = []
-    seen: set[Path] = set()
-    for cand in search:
-        path = target_path if cand.directory == target.directory else cand.directory / name
-        if path in seen or (listing is not None and path not in listing):
-            continue
-        seen.add(path)
-        if not os.path.exists(path):  # a dangling symlink is not a model either
-            continue
-        is_dir = os.path.isdir(path)
-        digest, trusted = None, False
-        rec = records.get(path)
-        if rec is not None and rec.is_dir == is_dir and rec.is_fresh():
-            digest, trusted = rec.digest, True
-        elif expected is not None:
-            try:
-                digest = digest_path(path)[0]
-            except OSError:
-                digest = None
-        hits.append(Hit(cand, path, is_dir, digest, trusted))
-    return Observation(target, target_path, tuple(hits), on_path)
+            locations: Locations, records: RecordStore) -> Observation:
+    """Scan the lookup order of one resource (see :meth:`Scanner.observe`; use a Scanner for many)."""
+    return Scanner(locations, records).observe(processor, name, location, expected)
