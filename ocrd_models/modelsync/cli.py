@@ -52,6 +52,10 @@ LinkModeOpt = Annotated[Optional[str], typer.Option(
     "--link-mode", metavar="auto|hardlink|copy",
     help="How installs are made from the cache: hardlink where possible (auto, the default, falls back to copy "
          "with a notice), always hardlink, or always copy.")]
+NoConvertOpt = Annotated[bool, typer.Option(
+    "--disable-autoconversion", envvar="MODELSYNC_DISABLE_AUTOCONVERSION",
+    help="Do not convert pyrnn models to kraken's HDF5 this run (models.toml: convert / convert_pyrnn), "
+         "and report the pickles themselves, as kraken's --disable-autoconversion.")]
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", envvar="MODELSYNC_OFFLINE",
     help="No network at all: install from the cache and local files; fail listing every missing resource.")]
@@ -274,6 +278,7 @@ def sync(
         "--check", help=f"Change nothing; exit {EXIT_CHANGES_PENDING} if anything would change.")] = False,
     cache_dir: CacheDirOpt = None,
     link_mode: LinkModeOpt = None,
+    no_convert: NoConvertOpt = False,
 ) -> None:
     """Install every declared model where its processor finds it, verified, and update models.lock.
 
@@ -295,7 +300,7 @@ def sync(
     prog, ctx = _progress(json_out)
     with ctx:
         project = _project(manifest, mirror, parallel, prog, cache_dir=cache_dir, link_mode=link_mode,
-                           offline=offline, frozen=frozen)
+                           offline=offline, frozen=frozen, convert=not no_convert)
         if locked:
             project.check_locked()  # before planning: a stale lock must not cost any hashing
         plan = project.plan(prune=prune, upgrade=_upgrade_keys(project, upgrade, upgrade_model))
@@ -351,7 +356,8 @@ def plan(
 
 
 @app.command()
-def status(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = False) -> None:
+def status(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = False,
+           no_convert: NoConvertOpt = False) -> None:
     """Declared vs locked vs installed, per resource.
 
     States: ok (installed, matches the lock), missing, modified (differs from the lock),
@@ -362,15 +368,42 @@ def status(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = Fals
     """
     from . import render
 
-    rows = _project(manifest, None, None).status()
+    rows = _project(manifest, None, None, convert=not no_convert).status()
     if json_out:
         render.emit_json({"resources": rows})
         return
-    render.table("status", ["processor", "name", "location", "locked", "state", "path"],
-                 [(r.processor, r.name, r.location, r.locked, r.state, r.path or "") for r in rows])
+    columns = ["processor", "name", "location", "locked", "state", "path"]
+    converted = any(r.converted for r in rows)
+    render.table("status", columns + (["converted (used instead)"] if converted else []),
+                 [(r.processor, r.name, r.location, r.locked, r.state, r.path or "")
+                  + ((r.converted or "",) if converted else ()) for r in rows])
     for r in rows:
         for w in r.warnings:
             render.warn(f"{r.processor} {r.name}: {w}")
+
+
+@app.command()
+def resolve(
+    processor: Annotated[str, typer.Argument(help="Processor executable, e.g. ocrd-cis-ocropy-recognize.")],
+    name: Annotated[str, typer.Argument(help="Model name as declared.")],
+    manifest: ManifestOpt = Path(MANIFEST_NAME),
+    json_out: JsonOpt = False,
+    no_convert: NoConvertOpt = False,
+) -> None:
+    """Print the path to use for a declared model: its converted HDF5 if it has one, else where it is installed.
+
+    Exits 2 if the model is not declared, 1 if it is not installed.
+
+    \b
+    Example: kraken -i line.png out.txt ocr -m "$(modelsync resolve ocrd-cis-ocropy-recognize fraktur-jze.pyrnn.gz)"
+    """
+    from . import render
+
+    found = _project(manifest, None, None, convert=not no_convert).resolve_model(processor, name)
+    if json_out:
+        render.emit_json(found)
+        return
+    render.out.print(found["path"], markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -610,6 +643,10 @@ def _interrupted() -> None:
     # Exit now: a download thread stuck in a socket read must not delay Ctrl-C (its temp file is gone).
     os._exit(EXIT_INTERRUPTED)
 
+
+from . import cli_legacy  # noqa: E402  (registers inspect and convert on the same app)
+
+assert cli_legacy.app is app
 
 if __name__ == "__main__":
     main()

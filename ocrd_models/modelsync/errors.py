@@ -19,6 +19,8 @@ EXIT_OFFLINE_MISSING = 6  # --offline and something must be fetched
 EXIT_CHANGES_PENDING = 7  # --check and something would change
 EXIT_INSTALL = 8  # filesystem trouble while installing (permissions, disk full, ...)
 EXIT_UNSAFE_ARCHIVE = 9  # an archive is malformed or tries to escape its target
+EXIT_UNSAFE_MODEL = 10  # a legacy (pickled) model is not a plain pyrnn model: refused, nothing run
+EXIT_MISSING_EXTRA = 11  # the command needs an optional extra (pip install 'ocrd-modelsync[legacy]')
 EXIT_INTERRUPTED = 130  # SIGINT, as shells report it
 
 
@@ -97,6 +99,18 @@ class UnsafeArchive(ModelsyncError):
     """An archive is malformed, of an unknown format, or has a member escaping its target."""
 
     exit_code = EXIT_UNSAFE_ARCHIVE
+
+
+class UnsafeModel(ModelsyncError, ValueError):
+    """A pickled legacy model holds something other than a pyrnn network's data; never executed."""
+
+    exit_code = EXIT_UNSAFE_MODEL
+
+
+class MissingExtra(ModelsyncError, ImportError):
+    """An optional dependency group is not installed."""
+
+    exit_code = EXIT_MISSING_EXTRA
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class LockEntry:
     size: int | None = None
     installed_sha256: str | None = None
     fetched_url: str | None = None
+    converted_sha256: str | None = None  # of the kraken HDF5 converted from this pyrnn model
 
     @property
     def key(self) -> tuple[str, str]:
@@ -112,7 +113,7 @@ def _entry(raw: Any, i: int, path: Path) -> LockEntry:
         raise LockfileError(f"{where}: {err}") from None
     if raw.get("type", "file") not in ("file", "archive", "directory"):
         raise LockfileError(f"{where}.type: {raw.get('type')!r}; allowed: file, archive, directory")
-    for key in ("sha256", "installed_sha256"):
+    for key in ("sha256", "installed_sha256", "converted_sha256"):
         if key in raw and not (isinstance(raw[key], str) and _SHA.match(raw[key])):
             raise LockfileError(f"{where}.{key}: must be 64 lowercase hexadecimal digits")
     if "size" in raw and not (isinstance(raw["size"], int) and raw["size"] >= 0):

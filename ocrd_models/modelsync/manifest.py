@@ -79,6 +79,7 @@ class ModelSpec(BaseModel):
     path_in_archive: str | None = None
     location: str | None = None
     description: str | None = None
+    convert: bool | None = None  # pyrnn -> kraken HDF5 (None: follow [settings] convert_pyrnn)
 
     @field_validator("name")
     @classmethod
@@ -155,6 +156,7 @@ class Settings(BaseModel):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     max_unpacked_bytes: int = Field(default=64 * 1024**3, ge=1)
     max_archive_members: int = Field(default=200_000, ge=1)
+    convert_pyrnn: bool = False  # convert *.pyrnn[.gz|.bz2] models to kraken's HDF5 during sync
 
     @field_validator("location")
     @classmethod
@@ -209,6 +211,8 @@ class Manifest(BaseModel):
             "location": self.settings.location,
             "locations": dict(sorted(self.settings.locations.items())),
         }
+        if self.settings.convert_pyrnn:  # only when set: locks written before the setting existed stay valid
+            norm["convert_pyrnn"] = True
         blob = json.dumps(norm, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -5,17 +5,19 @@ Everything here returns data; rendering is the CLI's job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 from . import processors
+from .autoconvert import Converter, wants_conversion
 from .cache import Cache
 from .credentials import Credentials
 from .fetch import NetConfig
 from .unpack import Limits
-from .digest import digest_path
-from .errors import ChangesPending, Failure, LockStale, OfflineMissing, SyncFailed
+from .digest import digest_path, sha256_file
+from .errors import (ChangesPending, Failure, LockStale, ModelsyncError, OfflineMissing, SyncFailed,
+                     UserInputError)
 from .executor import ExecContext, Outcome, execute
 from .lockfile import LockEntry, Lockfile, load_lock, write_lock
 from .locations import Locations
@@ -57,6 +59,7 @@ class StatusRow:
     path: str | None
     detail: str
     warnings: tuple[str, ...] = ()
+    converted: str | None = None  # the kraken HDF5 converted from this pyrnn model, used instead of it
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Project:
     link_mode: str | None = None  # --link-mode; else settings.link_mode, else auto
     offline: bool = False
     frozen: bool = False  # install exactly the lock: no registry names, no processors, no manifest names
+    convert: bool = True  # False: --disable-autoconversion (no pyrnn -> HDF5 conversion this run)
 
     # -- inputs ---------------------------------------------------------------------
     @property
@@ -324,15 +328,84 @@ class Project:
                 raise OfflineMissing(f"--offline: {len(missing)} resource(s) are neither installed nor in the cache "
                                      f"({self.cache.root}):\n" + "\n".join(f"  {m}" for m in missing)
                                      + f"\nFetch them with network access: modelsync sync --manifest {self.manifest_path}")
-        return self._finish(plan, execute(plan, self._context()), write=not (locked or self.frozen))
+        outcomes = execute(plan, self._context())
+        self._convert(outcomes)
+        return self._finish(plan, outcomes, write=not (locked or self.frozen))
 
     def lock(self, *, upgrade: set[tuple[str, str]] | bool = False) -> SyncResult:
         """Write models.lock without installing: digests come from the lock, installed copies, or a download
         that is verified and discarded."""
         plan = self.plan(upgrade=upgrade)
-        return self._finish(plan, execute(plan, self._context(obtain_only=True)))
+        outcomes = execute(plan, self._context(obtain_only=True))
+        self._convert(outcomes, place=False)
+        return self._finish(plan, outcomes)
+
+    # -- legacy model conversion ------------------------------------------------------------
+    @cached_property
+    def converter(self) -> Converter:
+        """Converts pyrnn models into our data directory."""
+        return Converter(self.env.converted_dir, self.records)
+
+    def wants_conversion(self, w: Wanted) -> bool:
+        """Whether ``w`` is converted to kraken's HDF5 (models.toml; never with --disable-autoconversion)."""
+        default = self.settings.convert_pyrnn if not (self.frozen and not self.manifest_path.exists()) else False
+        return wants_conversion(w.name, w.type, w.convert, default)
+
+    def _convert(self, outcomes: list[Outcome], place: bool = True) -> None:
+        """Convert the installed pyrnn models that ask for it; record the HDF5's hash in their lock entry.
+
+        A failed conversion fails that resource (the model itself stays installed and locked).
+        """
+        for o in outcomes:
+            w, entry = o.action.wanted, o.entry
+            if w is None or entry is None or o.error is not None:
+                continue
+            prev = o.action.expect.locked if o.action.expect else None
+            known = prev.converted_sha256 if prev and prev.sha256 == entry.sha256 else None
+            if self.frozen:  # the lock decides: convert exactly what it says was converted
+                wanted = known is not None and self.convert
+            else:
+                try:
+                    wanted = self.convert and self.wants_conversion(w)
+                except UserInputError as err:
+                    o.error = err
+                    continue
+            if not wanted:
+                # Switched off for this run only: the lock keeps what it knew. Off in models.toml: dropped.
+                keep = known if not self.convert else None
+                o.entry = replace(entry, converted_sha256=keep)
+                continue
+            if not place or o.path is None or not entry.sha256:
+                o.entry = replace(entry, converted_sha256=known)
+                continue
+            try:
+                _, digest = self.converter.ensure(w.processor, w.name, o.path, entry.sha256, known)
+            except ModelsyncError as err:
+                o.error = err
+                continue
+            o.entry = replace(entry, converted_sha256=digest)
+
+    def converted_path(self, w: Wanted, entry: LockEntry | None) -> Path | None:
+        """The converted HDF5 a processor should use instead of ``w``, if conversion is on and it exists."""
+        if not self.convert or entry is None or not entry.converted_sha256:
+            return None
+        return self.converter.existing(entry.sha256, w.name)
 
     # -- status / verify ------------------------------------------------------------------
+    def resolve_model(self, processor: str, name: str) -> dict:
+        """Where ``processor`` finds ``name`` now, or its converted HDF5 (which it should use instead)."""
+        key = (canonical_processor(processor), name)
+        a = next((x for x in self.plan().actions if x.key == key), None)
+        if a is None or a.wanted is None:
+            raise UserInputError(f"{processor} {name} is not declared in {self.manifest_path}; "
+                                 f"add it with `modelsync add {processor} {name}`")
+        if a.kind != KEEP:
+            raise ModelsyncError(f"{processor} {name} is not installed as declared ({a.reason}); run `modelsync sync`")
+        entry = self.lockfile.by_key().get(key) if self.lockfile else None
+        converted = self.converted_path(a.wanted, entry)
+        return {"processor": key[0], "name": name, "path": str(converted or a.target),
+                "installed": str(a.target), "converted": str(converted) if converted else None}
+
     def status(self) -> list[StatusRow]:
         """Declared vs locked vs installed, one row per declared resource (plus locked-only ones)."""
         plan = self.plan()
@@ -348,8 +421,9 @@ class Project:
                 state, path = "missing", None
             else:
                 state, path = "modified", str(a.target)
+            conv = self.converted_path(a.wanted, locked.get(a.key)) if a.kind == KEEP and a.wanted else None
             rows.append(StatusRow(a.processor, a.name, a.location_label, lock_state, state, path, a.reason,
-                                  a.warnings))
+                                  a.warnings, str(conv) if conv else None))
         declared = {a.key for a in plan.actions}
         for key, e in sorted(locked.items()):
             if key not in declared:
@@ -378,5 +452,18 @@ class Project:
             else:
                 rows.append(VerifyRow(e.processor, e.name, False, str(hit.path),
                                       f"differs: expected {expected}, found {digest}"))
+            if e.converted_sha256:
+                rows.append(self._verify_converted(e))
         return rows
+
+    def _verify_converted(self, e: LockEntry) -> VerifyRow:
+        what = f"{e.name} (converted)"
+        path = self.converter.path_for(e.sha256 or "", e.name)
+        if not path.is_file():
+            return VerifyRow(e.processor, what, False, None, "not converted yet: run `modelsync sync`")
+        digest = sha256_file(path)
+        if digest != e.converted_sha256:
+            return VerifyRow(e.processor, what, False, str(path),
+                             f"differs: expected {e.converted_sha256}, found {digest}")
+        return VerifyRow(e.processor, what, True, str(path), "sha256 ok")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .autoconvert import is_pyrnn_name
 from .credentials import redact
 from .errors import UnknownNameError, UserInputError
 from .manifest import Manifest, ModelSpec
@@ -25,6 +26,7 @@ class Wanted:
     source: str  # registry source that supplied the entry
     size: int | None = None
     description: str = ""
+    convert: bool | None = None  # the model's own ``convert`` choice (None: the settings default)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -55,6 +57,7 @@ def _from_entry(entry: ResourceEntry, spec: ModelSpec | None, location: str) -> 
         source=entry.source,
         size=entry.size,
         description=entry.description,
+        convert=spec.convert if spec else None,
     )
 
 
@@ -108,7 +111,9 @@ def _resolve_one(exe: str, spec: ModelSpec, loc: str, registry: Registry) -> lis
     if spec.is_wildcard:
         if not registry.knows_processor(exe):
             raise unknown_processor(registry, exe)
-        return [_from_entry(e, None, loc) for e in registry.resources(exe)]
+        # ``convert`` on "*" applies to the pyrnn models among them (converting a traineddata makes no sense)
+        return [replace(_from_entry(e, None, loc), convert=spec.convert if is_pyrnn_name(e.name) else None)
+                for e in registry.resources(exe)]
     if spec.url:
         entry = ResourceEntry(processor=exe, name=spec.name, url=spec.url, description=spec.description or "",
                               type=spec.type or "file", path_in_archive=spec.path_in_archive or ".",

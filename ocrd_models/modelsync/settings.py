@@ -89,6 +89,11 @@ class Environment:
         return Path(value) if value else None
 
     @property
+    def converted_dir(self) -> Path:
+        """Our converted legacy models: ``$XDG_DATA_HOME/ocrd-modelsync/converted``."""
+        return self.xdg_data_home / "ocrd-modelsync" / "converted"
+
+    @property
     def cache_dir(self) -> Path:
         """Our cache: processor answers, staged downloads (``$MODELSYNC_CACHE_DIR``)."""
         value = self.vars.get("MODELSYNC_CACHE_DIR")

@@ -1,0 +1,102 @@
+"""Automatic pyrnn -> HDF5 conversion during ``sync`` (kraken's old autoconversion, made safe).
+
+Which models: ``convert = true|false`` on a model in models.toml, else ``[settings]
+convert_pyrnn`` for names ending in ``.pyrnn``, ``.pyrnn.gz`` or ``.pyrnn.bz2``; ``sync
+--disable-autoconversion`` switches it off for one run. Where: our data directory,
+``<data>/ocrd-modelsync/converted/<source sha256>/<name minus its last extension>.hdf5``
+(kraken's naming, but keyed by the source's bytes: a changed source converts again and two
+sources with one file name never collide). The converted file's own SHA-256 goes into
+models.lock; it is written to a temp name, hashed and checked, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .digest import StatSig, sha256_file
+from .errors import ChecksumMismatch, UserInputError
+from .records import InstallRecord, RecordStore
+
+PYRNN_SUFFIXES = (".pyrnn", ".pyrnn.gz", ".pyrnn.bz2")
+
+
+def is_pyrnn_name(name: str) -> bool:
+    """True for the file names ocropy models go by."""
+    return name.endswith(PYRNN_SUFFIXES)
+
+
+def wants_conversion(name: str, type_: str, per_model: bool | None, default: bool) -> bool:
+    """The per-model choice if given, else the default for pyrnn-named files."""
+    if per_model is not None:
+        if per_model and type_ != "file":
+            raise UserInputError(f"{name}: convert = true needs a single-file model (type = \"file\"), "
+                                 f"not a {type_}")
+        return per_model
+    return default and type_ == "file" and is_pyrnn_name(name)
+
+
+def converted_name(name: str) -> str:
+    """kraken's rule: strip only the last extension, add ``.hdf5`` (fraktur.pyrnn.gz -> fraktur.pyrnn.hdf5)."""
+    return os.path.splitext(name)[0] + ".hdf5"
+
+
+@dataclass
+class Converter:
+    """Converts installed pyrnn models into ``root`` and remembers them in the install records."""
+
+    root: Path  # <data>/ocrd-modelsync/converted
+    records: RecordStore
+
+    def path_for(self, source_sha256: str, name: str) -> Path:
+        """Where the conversion of the source with this SHA-256 lives."""
+        return self.root / source_sha256 / converted_name(name)
+
+    def existing(self, source_sha256: str | None, name: str) -> Path | None:
+        """The converted file if it exists (for status and resolve)."""
+        if not source_sha256:
+            return None
+        path = self.path_for(source_sha256, name)
+        return path if path.is_file() else None
+
+    def ensure(self, processor: str, name: str, source: Path, source_sha256: str,
+               expected: str | None) -> tuple[Path, str]:
+        """The converted file and its SHA-256: reused when present and right, converted otherwise.
+
+        ``expected`` (from models.lock) must match a fresh conversion too, or ChecksumMismatch.
+        """
+        target = self.path_for(source_sha256, name)
+        rec = self.records.get(target)
+        if rec is not None and rec.is_fresh() and (expected is None or rec.digest == expected):
+            return target, rec.digest
+        if target.is_file():
+            digest = sha256_file(target)
+            if expected is None or digest == expected:
+                self._remember(processor, name, target, digest)
+                return target, digest
+        digest = self._convert(source, target, expected, f"{processor} {name}")
+        self._remember(processor, name, target, digest)
+        return target, digest
+
+    def _convert(self, source: Path, target: Path, expected: str | None, what: str) -> str:
+        from . import hdf5model, pyrnn
+
+        model = pyrnn.load_model(source)
+        result: dict[str, str] = {}
+
+        def check(temp: Path) -> None:
+            result["sha"] = digest = sha256_file(temp)
+            if expected is not None and digest != expected:
+                raise ChecksumMismatch(
+                    f"{what} (converted HDF5)", expected, digest,
+                    "The conversion gave other bytes than models.lock records (another numpy/h5py version?). "
+                    "Nothing was replaced. Re-lock it with `modelsync sync --upgrade-model "
+                    f"{what.replace(' ', ':', 1)}`.")
+
+        hdf5model.write(model, target, before_rename=check)
+        return result["sha"]
+
+    def _remember(self, processor: str, name: str, target: Path, digest: str) -> None:
+        st = target.stat()
+        self.records.put(InstallRecord(str(target), processor, name, digest, False, {"": StatSig.of(st)}))
