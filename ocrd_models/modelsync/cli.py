@@ -279,6 +279,12 @@ def sync(
     cache_dir: CacheDirOpt = None,
     link_mode: LinkModeOpt = None,
     no_convert: NoConvertOpt = False,
+    registry: Annotated[Optional[str], typer.Option(
+        "--registry", metavar="HOST/REPOSITORY", envvar="MODELSYNC_REGISTRY",
+        help="Fetch locked artifacts by digest from this OCI registry first, the origin URL only when it lacks "
+             "one (else [settings] registry). See `modelsync push`.")] = None,
+    registry_only: Annotated[bool, typer.Option(
+        "--registry-only", help="Never use origin URLs: whatever the registry lacks fails (exit 6).")] = False,
 ) -> None:
     """Install every declared model where its processor finds it, verified, and update models.lock.
 
@@ -300,7 +306,8 @@ def sync(
     prog, ctx = _progress(json_out)
     with ctx:
         project = _project(manifest, mirror, parallel, prog, cache_dir=cache_dir, link_mode=link_mode,
-                           offline=offline, frozen=frozen, convert=not no_convert)
+                           offline=offline, frozen=frozen, convert=not no_convert, oci_registry=registry,
+                           registry_only=True if registry_only else None)
         if locked:
             project.check_locked()  # before planning: a stale lock must not cost any hashing
         plan = project.plan(prune=prune, upgrade=_upgrade_keys(project, upgrade, upgrade_model))
@@ -644,9 +651,9 @@ def _interrupted() -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
-from . import cli_legacy  # noqa: E402  (registers inspect and convert on the same app)
+from . import cli_legacy, cli_registry  # noqa: E402  (register inspect, convert and push on the same app)
 
-assert cli_legacy.app is app
+assert cli_legacy.app is app and cli_registry.app is app
 
 if __name__ == "__main__":
     main()

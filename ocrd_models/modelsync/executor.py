@@ -58,6 +58,7 @@ class ExecContext:
     net: NetConfig = field(default_factory=NetConfig)
     limits: Limits = field(default_factory=Limits)
     notices: set[str] = field(default_factory=set)
+    registry: object | None = None  # an oci_pull.RegistrySource: locked artifacts by digest, before the origin
 
 
 def entry_for(w: Wanted, *, sha256: str | None, size: int | None, installed: str | None,
@@ -115,7 +116,7 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
     req = Request(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
                   expected_sha256=exp.sha256, expected_installed=exp.installed)
     fetcher = Fetcher(ctx.mirrors, ctx.base_dir, ctx.offline, advance, lambda t: progress.update_total(task, t),
-                      ctx.net, ctx.limits)
+                      ctx.net, ctx.limits, ctx.registry)
     got = obtain(req, ctx.cache, fetcher)
     # Served from the cache, nothing was fetched: keep what the lock knew about the origin.
     locked = exp.locked

@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .atomic import fsync_dir, remove_path, temp_name
 from .cache import Cache
@@ -29,6 +29,9 @@ from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputErr
 from . import failpoints
 from .fetch import NetConfig, fetch, local_source
 from .unpack import Limits, extract, select
+
+if TYPE_CHECKING:
+    from .oci_pull import RegistrySource
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Fetcher:
     on_total: Callable[[int | None], None] | None = None
     net: NetConfig = field(default_factory=NetConfig)
     limits: Limits = field(default_factory=Limits)
+    registry: "RegistrySource | None" = None  # fetch locked artifacts by digest from an OCI registry first
 
 
 def _blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
@@ -83,6 +87,15 @@ def _blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str |
     except OSError as err:
         raise InstallError(f"cannot create the cache directory {cache.tmp}: {err.strerror or err}. "
                            "Set MODELSYNC_CACHE_DIR or --cache-dir to a writable place.") from None
+    if f.registry is not None and not is_local:
+        from_registry = (f.registry.fetch(req.expected_sha256, cache.tmp, f.net, req.what, f.progress, f.on_total)
+                         if req.expected_sha256 else None)
+        if from_registry is not None:
+            # Like a cache hit for the lock: the origin URL (and where it redirected) stays as locked.
+            path = cache.add_blob(from_registry.path, from_registry.sha256)
+            return path, from_registry.sha256, from_registry.size, None, False
+        if f.registry.only:
+            raise f.registry.refuse(req.what, req.url, req.expected_sha256)
     got = fetch(req.url, cache.tmp, mirrors=f.mirrors, base_dir=f.base_dir, expected_sha256=req.expected_sha256,
                 progress=f.progress, on_total=f.on_total, what=req.what, net=f.net)
     path = cache.add_blob(got.path, got.sha256)

@@ -157,6 +157,8 @@ class Settings(BaseModel):
     max_unpacked_bytes: int = Field(default=64 * 1024**3, ge=1)
     max_archive_members: int = Field(default=200_000, ge=1)
     convert_pyrnn: bool = False  # convert *.pyrnn[.gz|.bz2] models to kraken's HDF5 during sync
+    registry: str | None = None  # OCI registry (host/repository) to fetch locked artifacts from first
+    registry_only: bool = False  # never fall back to the origin URLs
 
     @field_validator("location")
     @classmethod

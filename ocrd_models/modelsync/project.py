@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from . import processors
 from .autoconvert import Converter, wants_conversion
@@ -29,6 +30,10 @@ from .registry import Registry, canonical_processor
 from .resolve import Wanted, resolve
 from .settings import LOCK_NAME, Environment
 from .state import Observation, Scanner, observe
+
+if TYPE_CHECKING:
+    from .oci_pull import RegistrySource
+    from .oci_push import PushResult
 
 
 @dataclass
@@ -88,6 +93,8 @@ class Project:
     offline: bool = False
     frozen: bool = False  # install exactly the lock: no registry names, no processors, no manifest names
     convert: bool = True  # False: --disable-autoconversion (no pyrnn -> HDF5 conversion this run)
+    oci_registry: str | None = None  # --registry; else $MODELSYNC_REGISTRY, else [settings] registry
+    registry_only: bool | None = None  # --registry-only; else $MODELSYNC_REGISTRY_ONLY, else settings
 
     # -- inputs ---------------------------------------------------------------------
     @property
@@ -276,7 +283,8 @@ class Project:
         return ExecContext(records=self.records, mirrors=self.mirrors, base_dir=self.project_dir, cache=self.cache,
                            parallel=self.parallel or s.parallel, progress=self.progress,
                            link_mode=self.link_mode or s.link_mode, offline=self.offline, obtain_only=obtain_only,
-                           net=self.net_config(), limits=Limits(s.max_unpacked_bytes, s.max_archive_members))
+                           net=self.net_config(), limits=Limits(s.max_unpacked_bytes, s.max_archive_members),
+                           registry=self.registry_source)
 
     def _finish(self, plan: Plan, outcomes: list[Outcome], write: bool = True) -> SyncResult:
         """Write the lock from the outcomes (so finished work is kept); raise if anything failed."""
@@ -339,6 +347,53 @@ class Project:
         outcomes = execute(plan, self._context(obtain_only=True))
         self._convert(outcomes, place=False)
         return self._finish(plan, outcomes)
+
+    # -- OCI registry ---------------------------------------------------------------------------
+    @cached_property
+    def registry_source(self) -> "RegistrySource | None":
+        """The registry to fetch locked artifacts from first (flag > env > settings), or None."""
+        from .oci_pull import open_source
+
+        ref = self.oci_registry or self.env.get("MODELSYNC_REGISTRY") or self.settings.registry
+        only = self.registry_only
+        if only is None:
+            only = self.env.get("MODELSYNC_REGISTRY_ONLY", "").lower() in ("1", "true", "yes") \
+                or self.settings.registry_only
+        if not ref:
+            if only:
+                raise UserInputError("--registry-only needs a registry: --registry HOST/REPOSITORY, "
+                                     "$MODELSYNC_REGISTRY or [settings] registry")
+            return None
+        return open_source(ref, only, self.env, frozenset(self.settings.allow_http), self.net_config())
+
+    def push(self, reference: str, chunk: int | None = None,
+             progress: "Callable[[str, int], None] | None" = None) -> "PushResult":
+        """Upload every locked artifact and a manifest listing them to ``reference`` (see :mod:`oci_push`)."""
+        from . import oci_push
+        from .oci import DEFAULT_CHUNK, Reference, RegistryClient, load_login
+
+        lock = self.lockfile
+        if lock is None:
+            raise LockStale(f"push uploads what {self.lock_path} records, but it does not exist; run "
+                            "`modelsync lock` (or `sync`) first")
+        ref = Reference.parse(reference)
+        net = self.net_config()
+        client = RegistryClient(ref, load_login(ref.host, self.env), frozenset(self.settings.allow_http),
+                                (net.connect_timeout, net.read_timeout))
+        return oci_push.push(lock, client, self._artifact, chunk or DEFAULT_CHUNK, progress)
+
+    def _artifact(self, e: LockEntry) -> Path:
+        """The locked artifact's bytes in the cache: already there, or fetched from its origin and verified."""
+        assert e.sha256
+        hit = self.cache.get_blob(e.sha256)
+        if hit is not None:
+            return hit
+        from .install import Fetcher, Request, _blob
+
+        req = Request(what=f"{e.processor} {e.name}", name=e.name, url=e.url, type="file", path_in_archive=".",
+                      expected_sha256=e.sha256, expected_installed=None)
+        fetcher = Fetcher(self.mirrors, self.project_dir, self.offline, net=self.net_config())
+        return _blob(req, self.cache, fetcher)[0]
 
     # -- legacy model conversion ------------------------------------------------------------
     @cached_property

@@ -1,0 +1,68 @@
+"""A registry as a source of locked artifacts during ``sync``: fetch by digest, verify, fall back.
+
+Configured by ``[settings] registry`` / ``--registry`` / ``$MODELSYNC_REGISTRY`` (a reference
+``host/repository``; the tag does not matter, blobs are addressed by digest). With
+``registry_only`` (``--registry-only``, ``$MODELSYNC_REGISTRY_ONLY``) the origin URL is never used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from .credentials import Credentials
+from .errors import OfflineMissing
+from .fetch import Fetched, NetConfig, fetch
+from .oci import RegistryClient
+
+
+class NotInRegistry(OfflineMissing):
+    """--registry-only, and the registry does not hold the artifact (or it is not locked)."""
+
+
+@dataclass
+class RegistrySource:
+    """Fetches blobs by digest from one repository; counts what it served."""
+
+    client: RegistryClient
+    only: bool = False
+    served: int = 0
+    missing: list[str] = field(default_factory=list)
+
+    def fetch(self, sha256: str, directory: Path, net: NetConfig, what: str,
+              progress: Callable[[int], None] | None = None,
+              on_total: Callable[[int | None], None] | None = None) -> Fetched | None:
+        """The verified blob in a temp file, or None when the registry lacks it (fall back to the origin)."""
+        digest = f"sha256:{sha256}"
+        if not self.client.has_blob(digest):
+            self.missing.append(what)
+            return None
+        # The token (if any) goes to the registry host only; a redirect to its storage never carries it.
+        creds = Credentials({**net.credentials.headers})
+        header = self.client.auth_header().get("Authorization")
+        if header:
+            creds.headers[self.client.ref.hostname] = header
+        got = fetch(self.client.blob_url(digest), directory, expected_sha256=sha256, progress=progress,
+                    on_total=on_total, what=f"{what} (from registry {self.client.ref.host})",
+                    net=replace(net, credentials=creds))
+        self.served += 1
+        return got
+
+    def refuse(self, what: str, url: str, sha256: str | None) -> NotInRegistry:
+        """The error for a resource --registry-only cannot get from the registry."""
+        why = ("it is not locked, so there is no digest to ask for: run `modelsync lock` where the origin is "
+               "reachable" if not sha256 else f"{self.client.ref.host}/{self.client.ref.repository} does not "
+               "have it: push the lock there first (`modelsync push`)")
+        return NotInRegistry(f"{what}: --registry-only forbids its origin {url}, and {why}")
+
+
+def open_source(reference: str, only: bool, env, allow_http: frozenset[str], net: NetConfig) -> RegistrySource:
+    """A RegistrySource for ``reference`` with credentials from the environment or Docker config."""
+    from .oci import Reference, load_login
+
+    ref = Reference.parse(reference)
+    client = RegistryClient(ref, load_login(ref.host, env), allow_http,
+                            (net.connect_timeout, net.read_timeout))
+    return RegistrySource(client, only)
+
