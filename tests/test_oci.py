@@ -151,6 +151,21 @@ def test_registry_lacking_an_artifact_falls_back_or_fails_strictly(sandbox, serv
     assert server.count("/origin/a.mlmodel") == 1  # only the first machine's original download
 
 
+def test_a_registry_outage_falls_back_to_the_origin_unless_strict(sandbox, server, registries):
+    reg = registries()
+    files = _project(sandbox, server)
+    assert sandbox.run("push", f"{reg.host}/ocr/models:v1").code == 0
+    reg.stop()
+    host2 = _other_machine(sandbox, "host2")
+    sandbox.monkeypatch.setenv("MODELSYNC_RETRIES", "0")
+    strict = sandbox.run("sync", "--registry", f"{reg.host}/ocr/models", "--registry-only")
+    assert strict.code == 3 and not (_models(host2) / "a.mlmodel").exists()
+    r = sandbox.run("sync", "--registry", f"{reg.host}/ocr/models")
+    assert r.code == 0, r.err
+    assert (_models(host2) / "a.mlmodel").read_bytes() == files["a.mlmodel"]
+    assert server.count("/origin/a.mlmodel") == 2
+
+
 def test_a_tampered_blob_is_refused(sandbox, server, registries):
     reg = registries()
     files = _project(sandbox, server)

@@ -329,6 +329,11 @@ def sync(
     for a in plan.actions:
         for w in a.warnings:
             render.warn(f"{a.processor} {a.name}: {w}")
+    source = project.registry_source  # already opened by the sync (None without a registry)
+    if source is not None and (source.missing or source.unreachable):
+        render.warn(f"registry {source.client.ref.host}/{source.client.ref.repository}: fetched from the origin "
+                    f"instead: {len(source.missing)} it lacks (`modelsync push` adds them), "
+                    f"{len(source.unreachable)} it failed to serve")
     done = {k: plan.count(k) for k in ("install", "update", "keep", "remove")}
     render.err.print(f"installed {done['install']}, updated {done['update']}, kept {done['keep']}"
                      + (f", removed {done['remove']}" if done["remove"] else "")

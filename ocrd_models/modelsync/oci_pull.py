@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Callable
 
 from .credentials import Credentials
-from .errors import OfflineMissing
+from .errors import NetworkError, OfflineMissing
 from .fetch import Fetched, NetConfig, fetch
-from .oci import RegistryClient
+from .oci import RegistryAuthError, RegistryClient
 
 
 class NotInRegistry(OfflineMissing):
@@ -28,24 +28,33 @@ class RegistrySource:
     client: RegistryClient
     only: bool = False
     served: int = 0
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # the registry lacks them: fetched from the origin
+    unreachable: list[str] = field(default_factory=list)  # the registry failed: fetched from the origin
 
     def fetch(self, sha256: str, directory: Path, net: NetConfig, what: str,
               progress: Callable[[int], None] | None = None,
               on_total: Callable[[int | None], None] | None = None) -> Fetched | None:
         """The verified blob in a temp file, or None when the registry lacks it (fall back to the origin)."""
         digest = f"sha256:{sha256}"
-        if not self.client.has_blob(digest):
-            self.missing.append(what)
+        try:
+            if not self.client.has_blob(digest):
+                self.missing.append(what)
+                return None
+            # The token (if any) goes to the registry host only; a redirect to its storage never carries it.
+            creds = Credentials({**net.credentials.headers})
+            header = self.client.auth_header().get("Authorization")
+            if header:
+                creds.headers[self.client.ref.hostname] = header
+            got = fetch(self.client.blob_url(digest), directory, expected_sha256=sha256, progress=progress,
+                        on_total=on_total, what=f"{what} (from registry {self.client.ref.host})",
+                        net=replace(net, credentials=creds))
+        except RegistryAuthError:
+            raise  # a misconfiguration: say so rather than quietly using the origin
+        except NetworkError:
+            if self.only:
+                raise
+            self.unreachable.append(what)  # a registry outage must not stop a sync the origin can serve
             return None
-        # The token (if any) goes to the registry host only; a redirect to its storage never carries it.
-        creds = Credentials({**net.credentials.headers})
-        header = self.client.auth_header().get("Authorization")
-        if header:
-            creds.headers[self.client.ref.hostname] = header
-        got = fetch(self.client.blob_url(digest), directory, expected_sha256=sha256, progress=progress,
-                    on_total=on_total, what=f"{what} (from registry {self.client.ref.host})",
-                    net=replace(net, credentials=creds))
         self.served += 1
         return got
 
