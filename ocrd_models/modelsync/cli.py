@@ -646,6 +646,8 @@ def main() -> None:
         sys.exit(1)
     if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into a return value of 130
         _interrupted()
+    if not code:
+        manifest_module.flush_validated()
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -70,7 +70,7 @@ def _shorthand(value: Any) -> Any:
 class ModelSpec(BaseModel):
     """One wanted model: a registry name, or an inline entry when ``url`` is given."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str
     url: str | None = None
@@ -132,7 +132,7 @@ ModelItem = Annotated[ModelSpec, BeforeValidator(_shorthand)]
 class NetworkSettings(BaseModel):
     """``[settings.network]``: retries and timeouts (environment variables override them)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     retries: int = Field(default=4, ge=0, le=100)
     backoff: float = Field(default=0.5, ge=0, le=600)
@@ -144,7 +144,7 @@ class NetworkSettings(BaseModel):
 class Settings(BaseModel):
     """``[settings]``: where and how to install."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     location: str | None = None
     locations: dict[str, str] = Field(default_factory=dict)
@@ -179,7 +179,7 @@ class Settings(BaseModel):
 class Manifest(BaseModel):
     """The whole ``models.toml``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     settings: Settings = Field(default_factory=Settings)
     processors: dict[str, list[ModelItem]] = Field(default_factory=dict)
@@ -320,9 +320,50 @@ def load_manifest(path: Path) -> Manifest:
 
 
 def parse_manifest(text: str, path: Path) -> Manifest:
-    """Validate manifest text (``path`` is used in messages only)."""
+    """Validate manifest text (``path`` is used in messages only).
+
+    A text validated before (same bytes, same schema code) is rebuilt from its cached normalized
+    form without running the validators: building pydantic's validators costs more than the rest
+    of a no-op `sync`.
+    """
+    cached = _validated_path(text)
+    if cached is not None:
+        try:
+            return _construct(json.loads(cached.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
     data = parse_toml(text, path)
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as err:
         raise ManifestError(format_validation_error(err, path, text, "models.toml")) from None
+    if cached is not None:
+        # Written only once the command succeeds (flush_validated): a failing command changes nothing on disk.
+        _PENDING[cached] = manifest.model_dump(mode="json")
+    return manifest
+
+
+_PENDING: dict[Path, dict[str, Any]] = {}
+
+
+def flush_validated() -> None:
+    """Store the normalized form of manifests validated by a command that succeeded."""
+    while _PENDING:
+        path, data = _PENDING.popitem()
+        _store_parsed(path, data)
+
+
+def _validated_path(text: str) -> Path | None:
+    if PARSE_CACHE_DIR is None:
+        return None
+    h = hashlib.sha256(Path(__file__).read_bytes())  # the schema's code: a changed model never reads stale data
+    h.update(text.encode("utf-8"))
+    return PARSE_CACHE_DIR / "validated" / f"{h.hexdigest()}.json"
+
+
+def _construct(d: dict[str, Any]) -> Manifest:
+    """A Manifest from its own ``model_dump`` (already valid: no validators run)."""
+    s = dict(d["settings"])
+    s["network"] = NetworkSettings.model_construct(**s["network"])
+    processors = {exe: [ModelSpec.model_construct(**spec) for spec in specs] for exe, specs in d["processors"].items()}
+    return Manifest.model_construct(settings=Settings.model_construct(**s), processors=processors)

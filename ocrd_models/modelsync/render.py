@@ -10,12 +10,46 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from rich.console import Console
-from rich.table import Table
 
-# Off a terminal (pipes, CI logs, tests) tables must not be folded at 80 columns.
-out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 1000)
-err = Console(stderr=True, soft_wrap=True, highlight=False, width=None if sys.stderr.isatty() else 1000)
+
+class _LazyConsole:
+    """A rich Console made on first use; plain lines off a terminal skip rich altogether.
+
+    Importing rich.console costs a tenth of a second, a good part of a no-op `sync` in CI.
+    """
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console = None
+
+    @property
+    def _stream(self):
+        return sys.stderr if self._stderr else sys.stdout
+
+    def _rich(self):
+        if self._console is None:
+            from rich.console import Console
+
+            # Off a terminal (pipes, CI logs, tests) tables must not be folded at 80 columns.
+            self._console = Console(stderr=self._stderr, soft_wrap=True, highlight=False,
+                                    width=None if self._stream.isatty() else 1000)
+        return self._console
+
+    def print(self, *objects: Any, **kw: Any) -> None:
+        """Like Console.print; an unstyled line of text off a terminal is written as is."""
+        if kw.get("markup") is False and all(isinstance(o, str) for o in objects) and not self._stream.isatty() \
+                and set(kw) <= {"markup", "highlight", "soft_wrap"}:
+            self._stream.write(" ".join(objects) + "\n")
+            self._stream.flush()
+            return
+        self._rich().print(*objects, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rich(), name)
+
+
+out = _LazyConsole(stderr=False)
+err = _LazyConsole(stderr=True)
 
 
 def human_size(n: int | None) -> str:
@@ -69,6 +103,8 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
     if not sys.stdout.isatty() or len(rows) > PLAIN_ABOVE:
         _plain_table(columns, rows)
         return
+    from rich.table import Table
+
     t = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
@@ -78,12 +114,19 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
 
 
 def warn(message: str) -> None:
-    """A warning line on stderr."""
-    err.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+    """A warning line on stderr (coloured on a terminal)."""
+    if not sys.stderr.isatty():
+        err.print(f"warning: {message}", markup=False, highlight=False)
+        return
+    err.print("[yellow]warning:[/yellow] ", end="", markup=True)
+    err.print(message, markup=False, highlight=False)
 
 
 def error(message: str) -> None:
-    """An error paragraph on stderr."""
+    """An error paragraph on stderr (coloured on a terminal)."""
+    if not sys.stderr.isatty():
+        err.print(f"error: {message}", markup=False, highlight=False)
+        return
     err.print("[bold red]error:[/bold red] ", end="", markup=True)
     err.print(message, markup=False, highlight=False)
 
