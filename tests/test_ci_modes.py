@@ -257,6 +257,31 @@ def test_no_op_sync_and_status_hash_nothing(sandbox, server, monkeypatch):
     assert len(calls) >= 3  # verify always re-hashes
 
 
+def test_hardlinks_of_sealed_cache_blobs_are_trusted_without_records(sandbox, server, monkeypatch):
+    _manifest(sandbox, server)
+    assert sandbox.run("sync").code == 0
+    shutil.rmtree(sandbox.state / "ocrd-modelsync" / "records")  # no install record left to vouch
+    import ocrd_models.modelsync.digest as digest
+
+    calls = []
+    real = digest.sha256_file
+    monkeypatch.setattr(digest, "sha256_file", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    plan = json.loads(sandbox.run("plan", "-v", "--json").out)
+    rows = {a["name"]: a for a in plan["actions"]}
+    assert plan["changes"] == 0
+    assert "(verified)" in rows["a.traineddata"]["reason"]  # a file: the cache's own inode vouches for it
+    assert "(hashed)" in rows["b"]["reason"]  # an unpacked tree has no single blob: hashed without a record
+    assert not any(str(c).startswith(str(sandbox.tessdata)) for c in calls)
+    # A copy that is not the cache's inode is not trusted that way: hashed (and still correct)
+    victim = sandbox.tessdata / "a.traineddata"
+    data = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(data)
+    plan = json.loads(sandbox.run("plan", "-v", "--json").out)
+    row = next(a for a in plan["actions"] if a["path"] == str(victim))
+    assert row["action"] == "keep" and "(hashed)" in row["reason"]
+
+
 def test_two_concurrent_syncs_share_cache_and_location(sandbox, server):
     _manifest(sandbox, server)
     server.delay = 0.2

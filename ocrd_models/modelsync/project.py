@@ -243,12 +243,12 @@ class Project:
         wanted = self.wanted()
         lock = self._lock_for(upgrade)
         exps = expectations(wanted, lock)
-        scan = Scanner(self.locations, self.records).observe
+        scan = Scanner(self.locations, self.records, self.cache).observe
         obs: dict[tuple[str, str], Observation] = {
             w.key: scan(w.processor, w.name, w.location, exps[w.key].installed) for w in wanted
         }
         removals = self._removals(wanted) if prune else None
-        return make_plan(wanted, lock, obs, removals)
+        return make_plan(wanted, lock, obs, removals, exps)
 
     def _removals(self, wanted: list[Wanted]) -> dict[tuple[str, str], Path]:
         keys = {w.key for w in wanted}

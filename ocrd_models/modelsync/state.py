@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cache import SEAL_NS, Cache
 from .digest import digest_path
 from .locations import Candidate, Locations
 from .records import RecordStore
@@ -40,7 +41,8 @@ class Observation:
 
     def hit_at(self, path: Path) -> Hit | None:
         """The hit at ``path``, if any."""
-        return next((h for h in self.hits if h.path == path), None)
+        return next((h for h in self.hits if h.path is path), None) or \
+            next((h for h in self.hits if h.path == path), None)
 
 
 class DirListing:
@@ -82,15 +84,32 @@ class _Route:
     target_dir: str
     search: tuple[tuple[Candidate, str], ...]
     on_path: bool
+    target_dir_path: Path
 
 
 class Scanner:
-    """Observes many resources in one run: lookup orders, listings and routes computed once."""
+    """Observes many resources in one run: lookup orders, listings and routes computed once.
 
-    def __init__(self, locations: Locations, records: RecordStore) -> None:
+    With the ``cache``, a file that is a hardlink of the sealed cache blob of the expected SHA-256
+    (same inode, sealed mtime) is trusted from two stats, without reading its install record.
+    """
+
+    def __init__(self, locations: Locations, records: RecordStore, cache: Cache | None = None) -> None:
         self.locations, self.records = locations, records
         self.listing = DirListing()
         self._routes: dict[tuple[str, str], _Route] = {}
+        self._blobs = str(cache.root / "blobs" / "sha256") if cache is not None else None
+
+    def _is_cached_hardlink(self, path: str, sha256: str) -> bool:
+        try:
+            st = os.stat(path)
+            if st.st_mtime_ns != SEAL_NS:
+                return False
+            blob = os.stat(f"{self._blobs}/{sha256[:2]}/{sha256}")
+        except OSError:
+            return False
+        return (blob.st_ino, blob.st_dev, blob.st_mtime_ns, blob.st_size) == (st.st_ino, st.st_dev, SEAL_NS,
+                                                                              st.st_size)
 
     def _route(self, processor: str, location: str) -> _Route:
         key = (processor, location)
@@ -107,7 +126,8 @@ class Scanner:
                 if d not in seen:
                     seen.add(d)
                     search.append((c, d))
-            route = _Route(target, os.path.abspath(target.directory), tuple(search), on_path)
+            target_dir = os.path.abspath(target.directory)
+            route = _Route(target, target_dir, tuple(search), on_path, Path(target_dir))
             self._routes[key] = route
         return route
 
@@ -115,11 +135,17 @@ class Scanner:
         """Scan the lookup order of one resource; hash only when a digest is expected and no fresh record vouches."""
         route = self._route(processor, location)
         hits: list[Hit] = []
+        target_path = route.target_dir_path / name  # one Path object, shared with a hit at the target
         for cand, folder in route.search:
             is_dir = self.listing.entries(folder).get(name)
             if is_dir is None:
                 continue
             path = f"{folder}{os.sep}{name}"
+            as_path = target_path if folder == route.target_dir else Path(path)
+            if expected is not None and not is_dir and self._blobs is not None \
+                    and self._is_cached_hardlink(path, expected):
+                hits.append(Hit(cand, as_path, False, expected, True))
+                continue
             digest, trusted = None, False
             rec = self.records.get(path)
             if rec is not None and rec.is_dir == is_dir and rec.is_fresh():
@@ -129,8 +155,8 @@ class Scanner:
                     digest = digest_path(Path(path))[0]
                 except OSError:
                     digest = None
-            hits.append(Hit(cand, Path(path), is_dir, digest, trusted))
-        return Observation(route.target, Path(f"{route.target_dir}{os.sep}{name}"), tuple(hits), route.on_path)
+            hits.append(Hit(cand, as_path, is_dir, digest, trusted))
+        return Observation(route.target, target_path, tuple(hits), route.on_path)
 
 
 def observe(processor: str, name: str, location: str, expected: str | None,
