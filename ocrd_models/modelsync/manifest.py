@@ -22,6 +22,7 @@ URL_SCHEMES = ("https", "http", "file")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _EXE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_PARALLEL = 4
+_CONTROL = re.compile(r"[\x00-\x1f]")
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 
@@ -33,7 +34,7 @@ def check_resource_name(name: str) -> str:
         raise ValueError(f"resource name {name!r} must not contain '/', '\\' or NUL: it names one entry of a directory")
     if name in (".", ".."):
         raise ValueError(f"resource name {name!r} is not allowed")
-    if any(ord(c) < 32 for c in name):
+    if _CONTROL.search(name):
         raise ValueError(f"resource name {name!r} contains control characters")
     if name.split(".", 1)[0].upper() in _RESERVED:
         raise ValueError(f"resource name {name!r} is a reserved device name on Windows (shared drives break)")

@@ -134,11 +134,15 @@ def plan_resource(w: Wanted, exp: Expectation, obs: Observation) -> Action:
 def make_plan(wanted: list[Wanted], lock: Lockfile | None, observations: dict[tuple[str, str], Observation],
               removals: dict[tuple[str, str], Path] | None = None,
               expected: dict[tuple[str, str], Expectation] | None = None) -> Plan:
-    """The whole plan. ``removals`` (only when asked to prune) maps unwanted locked keys to their path;
-    ``expected`` are the :func:`expectations` if the caller has them already."""
+    """The whole plan for ``wanted`` (sorted by (processor, name), as :func:`resolve` returns it).
+
+    ``removals`` (only when asked to prune) maps unwanted locked keys to their path; ``expected``
+    are the :func:`expectations` if the caller has them already."""
     exps = expected if expected is not None else expectations(wanted, lock)
     actions = [plan_resource(w, exps[w.key], observations[w.key]) for w in wanted]
-    for key, path in sorted((removals or {}).items()):
+    if not removals:
+        return Plan(tuple(actions))  # ``wanted`` comes sorted by (processor, name)
+    for key, path in sorted(removals.items()):
         actions.append(Action(kind=REMOVE, processor=key[0], name=key[1], target=path,
                               reason="no longer declared in models.toml", expect=None))
     return Plan(tuple(sorted(actions, key=lambda a: a.key)))
