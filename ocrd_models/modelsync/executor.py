@@ -59,6 +59,7 @@ class ExecContext:
     limits: Limits = field(default_factory=Limits)
     notices: set[str] = field(default_factory=set)
     registry: object | None = None  # an oci_pull.RegistrySource: locked artifacts by digest, before the origin
+    deferred_fsync: set[Path] = field(default_factory=set)  # directories to flush once, after all installs
 
 
 def entry_for(w: Wanted, *, sha256: str | None, size: int | None, installed: str | None,
@@ -135,7 +136,7 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
                            "another location in models.toml.") from None
     temp, _ = place(got.source, final, ctx.link_mode, on_fallback=_fallback_notice(ctx))
     failpoints.hit("place")
-    sigs = commit(temp, final)
+    sigs = commit(temp, final, ctx.deferred_fsync)
     failpoints.hit("record")
     ctx.records.put(InstallRecord(str(final.absolute()), w.processor, w.name, got.installed_digest,
                                   final.is_dir(), sigs, w.url, entry.sha256))
@@ -239,4 +240,7 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
                 clean_temp(directory, include_own=True)
             raise
         pool.shutdown(wait=True)
+    for directory in sorted(ctx.deferred_fsync):  # before the caller writes the lock
+        atomic.fsync_dir(directory)
+    ctx.deferred_fsync.clear()
     return [outcomes[i] for i in sorted(outcomes)]
