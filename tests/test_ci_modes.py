@@ -446,3 +446,17 @@ def test_ci_workflow_caches_by_lock_hash_and_syncs_locked():
     assert cache["with"]["path"] == "${{ env.MODELSYNC_CACHE_DIR }}"
     runs = [s["run"] for s in steps if "run" in s]
     assert "modelsync sync --locked" in runs
+
+
+def test_a_large_trees_install_record_is_read_whole(tmp_path):
+    # A tree's record lists every file: thousands of files make it larger than any one read.
+    from ocrd_models.modelsync.digest import StatSig
+    from ocrd_models.modelsync.records import InstallRecord, RecordStore
+
+    store = RecordStore(tmp_path / "state")
+    sigs = {f"weights/part{i:05}.bin": StatSig(1000 + i, 10**18 + i, 10**6 + i) for i in range(3000)}
+    rec = InstallRecord(str(tmp_path / "model"), "ocrd-x", "model", "d" * 64, True, sigs)
+    store.put(rec)
+    assert len(rec.to_json()) > 2 * 65536
+    got = store.get(tmp_path / "model")
+    assert got is not None and got.sigs == sigs and got.digest == "d" * 64

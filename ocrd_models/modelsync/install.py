@@ -73,8 +73,8 @@ class Fetcher:
     registry: "RegistrySource | None" = None  # fetch locked artifacts by digest from an OCI registry first
 
 
-def _blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
-    """(path, sha256, size, fetched_url, downloaded) of the artifact, from the cache or a download."""
+def obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
+    """(path, sha256, size, fetched_url, downloaded) of the verified artifact: cache, registry or origin."""
     if req.expected_sha256:
         hit = cache.get_blob(req.expected_sha256)
         if hit is not None:
@@ -110,7 +110,7 @@ def obtain(req: Request, cache: Cache, f: Fetcher) -> Obtained:
         tree = cache.get_tree(req.expected_installed)
         if tree is not None:
             return Obtained(tree, req.expected_sha256, None, None, req.expected_installed, False)
-    blob, sha, size, fetched_url, downloaded = _blob(req, cache, f)
+    blob, sha, size, fetched_url, downloaded = obtain_blob(req, cache, f)
     if req.type == "file":
         _check_installed(req, sha)
         return Obtained(blob, sha, size, fetched_url, sha, downloaded)

@@ -55,8 +55,7 @@ def _decompressed_head(path: Path, head: bytes) -> bytes:
 
 def _looks_pickled(data: bytes) -> bool:
     # protocol 2+ starts with PROTO; protocol 0/1 pyrnn files start with MARK then INST/GLOBAL
-    return (len(data) > 1 and data[0] == 0x80 and data[1] <= 5) or data[:2] in (b"(i", b"(c", b"cc", b"(d") \
-        or data[:1] == b"c"
+    return (len(data) > 1 and data[0] == 0x80 and data[1] <= 5) or data[:1] in (b"(", b"c")
 
 
 def _pyrnn(path: Path) -> ModelInfo:

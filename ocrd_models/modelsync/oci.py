@@ -208,7 +208,7 @@ class RegistryClient:
     # -- blobs ---------------------------------------------------------------------------
     def has_blob(self, digest: str, push: bool = False) -> bool:
         """HEAD the blob: True if the registry has it."""
-        resp = self.request("HEAD", f"{self.base}/blobs/{digest}", push=push)
+        resp = self.request("HEAD", self.blob_url(digest), push=push)
         resp.close()
         if resp.status_code in (200, 307):
             return True
@@ -224,27 +224,25 @@ class RegistryClient:
 
     def upload_blob(self, path: Path | None, digest: str, size: int, data: bytes | None = None,
                     chunk: int = DEFAULT_CHUNK, progress: Callable[[int], None] | None = None) -> None:
-        """Upload a blob: monolithic (one PUT) up to ``chunk`` bytes, PATCH chunks beyond."""
-        from urllib.parse import urljoin
-
-        resp = self.request("POST", f"{self.base}/blobs/uploads/", push=True)
-        location = self._location(resp, "start an upload")
-        if size > chunk and path is not None:
+        """Upload a blob (the file at ``path``, or ``data``): one PUT up to ``chunk`` bytes, PATCH chunks beyond."""
+        location = self._location(self.request("POST", f"{self.base}/blobs/uploads/", push=True), "start an upload")
+        chunked = path is not None and size > chunk
+        if chunked:
             with open(path, "rb") as fh:
                 start = 0
                 while start < size:
                     part = fh.read(chunk)
+                    if not part:
+                        raise NetworkError(f"{path} shrank while it was being uploaded")
                     end = start + len(part) - 1
                     resp = self.request("PATCH", location, push=True, data=part, headers={
                         "Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end}",
                         "Content-Length": str(len(part))})
-                    location = urljoin(location, self._location(resp, "upload a chunk"))
+                    location = self._location(resp, "upload a chunk")
                     start = end + 1
                     if progress:
                         progress(len(part))
-            body: Any = b""
-        else:
-            body = data if data is not None else open(path, "rb")  # noqa: SIM115 (closed below)
+        body: Any = b"" if chunked else (data if data is not None else open(path, "rb"))  # noqa: SIM115
         sep = "&" if "?" in location else "?"
         try:
             resp = self.request("PUT", f"{location}{sep}digest={digest}", push=True, data=body,
@@ -256,7 +254,7 @@ class RegistryClient:
         if resp.status_code != 201:
             raise NetworkError(f"registry {self.ref.host}: upload of {digest} answered HTTP {resp.status_code} "
                                f"{resp.text[:200]}")
-        if progress and not (size > chunk and path is not None):
+        if progress and not chunked:
             progress(size)
 
     def _location(self, resp, what: str) -> str:

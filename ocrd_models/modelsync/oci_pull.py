@@ -23,11 +23,10 @@ class NotInRegistry(OfflineMissing):
 
 @dataclass
 class RegistrySource:
-    """Fetches blobs by digest from one repository; counts what it served."""
+    """Fetches blobs by digest from one repository; notes what it could not serve."""
 
     client: RegistryClient
     only: bool = False
-    served: int = 0
     missing: list[str] = field(default_factory=list)  # the registry lacks them: fetched from the origin
     unreachable: list[str] = field(default_factory=list)  # the registry failed: fetched from the origin
 
@@ -55,7 +54,6 @@ class RegistrySource:
                 raise
             self.unreachable.append(what)  # a registry outage must not stop a sync the origin can serve
             return None
-        self.served += 1
         return got
 
     def refuse(self, what: str, url: str, sha256: str | None) -> NotInRegistry:

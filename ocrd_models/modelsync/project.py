@@ -388,12 +388,12 @@ class Project:
         hit = self.cache.get_blob(e.sha256)
         if hit is not None:
             return hit
-        from .install import Fetcher, Request, _blob
+        from .install import Fetcher, Request, obtain_blob
 
         req = Request(what=f"{e.processor} {e.name}", name=e.name, url=e.url, type="file", path_in_archive=".",
                       expected_sha256=e.sha256, expected_installed=None)
         fetcher = Fetcher(self.mirrors, self.project_dir, self.offline, net=self.net_config())
-        return _blob(req, self.cache, fetcher)[0]
+        return obtain_blob(req, self.cache, fetcher)[0]
 
     # -- legacy model conversion ------------------------------------------------------------
     @cached_property
@@ -403,8 +403,7 @@ class Project:
 
     def wants_conversion(self, w: Wanted) -> bool:
         """Whether ``w`` is converted to kraken's HDF5 (models.toml; never with --disable-autoconversion)."""
-        default = self.settings.convert_pyrnn if not (self.frozen and not self.manifest_path.exists()) else False
-        return wants_conversion(w.name, w.type, w.convert, default)
+        return wants_conversion(w.name, w.type, w.convert, self.settings.convert_pyrnn)
 
     def _convert(self, outcomes: list[Outcome], place: bool = True) -> None:
         """Convert the installed pyrnn models that ask for it; record the HDF5's hash in their lock entry.
@@ -440,11 +439,11 @@ class Project:
                 continue
             o.entry = replace(entry, converted_sha256=digest)
 
-    def converted_path(self, w: Wanted, entry: LockEntry | None) -> Path | None:
-        """The converted HDF5 a processor should use instead of ``w``, if conversion is on and it exists."""
+    def converted_path(self, entry: LockEntry | None) -> Path | None:
+        """The converted HDF5 a processor should use instead of the locked model, if conversion is on."""
         if not self.convert or entry is None or not entry.converted_sha256:
             return None
-        return self.converter.existing(entry.sha256, w.name)
+        return self.converter.existing(entry.sha256, entry.name)
 
     # -- status / verify ------------------------------------------------------------------
     def resolve_model(self, processor: str, name: str) -> dict:
@@ -457,7 +456,7 @@ class Project:
         if a.kind != KEEP:
             raise ModelsyncError(f"{processor} {name} is not installed as declared ({a.reason}); run `modelsync sync`")
         entry = self.lockfile.by_key().get(key) if self.lockfile else None
-        converted = self.converted_path(a.wanted, entry)
+        converted = self.converted_path(entry)
         return {"processor": key[0], "name": name, "path": str(converted or a.target),
                 "installed": str(a.target), "converted": str(converted) if converted else None}
 
@@ -476,7 +475,7 @@ class Project:
                 state, path = "missing", None
             else:
                 state, path = "modified", str(a.target)
-            conv = self.converted_path(a.wanted, locked.get(a.key)) if a.kind == KEEP and a.wanted else None
+            conv = self.converted_path(locked.get(a.key)) if a.kind == KEEP else None
             rows.append(StatusRow(a.processor, a.name, a.location_label, lock_state, state, path, a.reason,
                                   a.warnings, str(conv) if conv else None))
         declared = {a.key for a in plan.actions}

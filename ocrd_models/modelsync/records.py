@@ -79,7 +79,11 @@ class RecordStore:
         try:
             fd = os.open(self._file(abspath), os.O_RDONLY)
             try:
-                data = os.read(fd, 65536)  # records are small; a 1 MiB buffer per read costs more than the read
+                # Most records are tiny; one of a large tree lists every file, so read to the end.
+                data = chunk = os.read(fd, 65536)
+                while len(chunk) == 65536:
+                    chunk = os.read(fd, 65536)
+                    data += chunk
             finally:
                 os.close(fd)
             rec = InstallRecord.from_json(data.decode("utf-8"))

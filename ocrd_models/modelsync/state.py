@@ -41,8 +41,7 @@ class Observation:
 
     def hit_at(self, path: Path) -> Hit | None:
         """The hit at ``path``, if any."""
-        return next((h for h in self.hits if h.path is path), None) or \
-            next((h for h in self.hits if h.path == path), None)
+        return next((h for h in self.hits if h.path is path or h.path == path), None)
 
 
 class DirListing:
@@ -108,8 +107,7 @@ class Scanner:
             blob = os.stat(f"{self._blobs}/{sha256[:2]}/{sha256}")
         except OSError:
             return False
-        return (blob.st_ino, blob.st_dev, blob.st_mtime_ns, blob.st_size) == (st.st_ino, st.st_dev, SEAL_NS,
-                                                                              st.st_size)
+        return (blob.st_ino, blob.st_dev) == (st.st_ino, st.st_dev)  # the very file the cache verified
 
     def _route(self, processor: str, location: str) -> _Route:
         key = (processor, location)
@@ -122,7 +120,7 @@ class Scanner:
             cands = lookup if on_path else [*lookup, target]
             search, seen = [], set()
             for c in cands:
-                d = os.path.abspath(target.directory if c.directory == target.directory else c.directory)
+                d = os.path.abspath(c.directory)
                 if d not in seen:
                     seen.add(d)
                     search.append((c, d))

@@ -91,7 +91,7 @@ def _write_member(src, out: Path, mode: int, hasher: FileHasher | None) -> int:
     # O_EXCL | O_NOFOLLOW: never write through a link or over anything an earlier member made.
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     written = 0
-    with open(fd, "wb", buffering=0) as dst:
+    with open(fd, "wb") as dst:  # buffered: a raw write may write less than asked
         while chunk := src.read(CHUNK):
             dst.write(chunk)
             written += len(chunk)
