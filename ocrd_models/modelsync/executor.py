@@ -219,8 +219,12 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
         clean_temp(directory)
     if work:
         pool = ThreadPoolExecutor(max_workers=max(1, min(ctx.parallel, len(work))), thread_name_prefix="modelsync")
-        futures = {pool.submit(_run, a, ctx, cancel): i for i, a in work}
+        futures: dict = {}
         try:
+            # Submitting inside the try: a worker creates its temp file at once, and a Ctrl-C that lands
+            # while the others are still being submitted must clean it up too.
+            for i, a in work:
+                futures[pool.submit(_run, a, ctx, cancel)] = i
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
