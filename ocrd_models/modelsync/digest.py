@@ -175,6 +175,40 @@ class PipelinedSha256:
             self._thread.join()
 
 
+class InlineSha256:
+    """The same interface as :class:`PipelinedSha256`, hashing on the caller's thread.
+
+    For small downloads a helper thread costs more (start, hand-over, join) than it saves;
+    several of them run in parallel anyway.
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        """Hash ``data`` now."""
+        self._h.update(data)
+
+    def reset(self) -> None:
+        """Start over."""
+        self._h = hashlib.sha256()
+
+    def hexdigest(self) -> str:
+        """The digest of everything given since the last reset."""
+        return self._h.hexdigest()
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+PIPELINE_FROM = 8 << 20  # bytes: below this, hashing inline beats handing chunks to a thread
+
+
+def stream_hasher(size: int | None) -> "PipelinedSha256 | InlineSha256":
+    """A hasher for a stream of ``size`` bytes (None: unknown, so possibly large)."""
+    return InlineSha256() if size is not None and size < PIPELINE_FROM else PipelinedSha256()
+
+
 class FileHasher:
     """SHA-256 of files being written one after another, computed on one helper thread.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 from . import failpoints
 from .atomic import temp_name
 from .credentials import Credentials, redact
-from .digest import PipelinedSha256
+from .digest import stream_hasher
 from .errors import ChecksumMismatch, InstallError, NetworkError, UserInputError
 
 CHUNK = 1 << 20
-USER_AGENT = "ocrd-modelsync (+https://pypi.org/project/ocrd-modelsync/)"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 MAX_REDIRECTS = 10
 
@@ -85,36 +83,6 @@ def local_source(url: str, base_dir: Path) -> Path | None:
     return path if path.is_absolute() else base_dir / path
 
 
-_sessions = threading.local()
-
-
-def session():
-    """One ``requests.Session`` per thread: keeps connections alive, never shared across threads."""
-    s = getattr(_sessions, "session", None)
-    if s is None:
-        import requests
-
-        s = requests.Session()  # trust_env: proxies, CA bundles (REQUESTS_CA_BUNDLE) and netrc as usual
-        s.headers["User-Agent"] = USER_AGENT
-        _sessions.session = s
-    return s
-
-
-class _HeaderAuth:
-    """requests auth that sets our headers; being explicit, it also keeps requests from applying netrc
-    over a token of higher precedence (requests only consults netrc when no auth is given)."""
-
-    def __init__(self, headers: dict[str, str]):
-        self.headers = headers
-
-    def __call__(self, request):
-        request.headers.update(self.headers)
-        return request
-
-    def __bool__(self) -> bool:
-        return bool(self.headers)
-
-
 class _Transient(Exception):
     """A fault worth another attempt."""
 
@@ -145,7 +113,7 @@ class _Download:
                  on_total: Callable[[int | None], None] | None, expected: str | None):
         self.url, self.dest, self.net = url, dest, net
         self.progress, self.on_total, self.expected = progress, on_total, expected
-        self.hash = PipelinedSha256()
+        self.hash = None  # chosen by size once the first response tells it (digest.stream_hasher)
         self.size = 0
         self.total: int | None = None
         self.validator: str | None = None  # ETag or Last-Modified of the bytes we have
@@ -154,34 +122,38 @@ class _Download:
     def _restart(self) -> None:
         if self.progress and self.size:
             self.progress(-self.size)
-        self.hash.reset()
+        if self.hash is not None:
+            self.hash.reset()
         self.size = 0
         self.validator = None
         with open(self.dest, "wb"):
             pass
 
     def _request(self):
-        """GET with our own redirect handling; returns the final response (streaming)."""
+        """GET with our own redirect handling; returns the final response (body unread)."""
+        from . import transport  # urllib3 costs 0.1 s to import: only commands that download pay it
+
         url, seen = self.url, []
         for _ in range(MAX_REDIRECTS + 1):
-            headers = {}
+            parts = urlsplit(url)
             # Credentials of this URL's host only: a redirect to another host never carries them.
-            auth = _HeaderAuth(self.net.credentials.for_url(url))
+            headers = dict(self.net.credentials.for_url(url))
             if self.size:
                 headers["Range"] = f"bytes={self.size}-"
                 if self.validator:
                     headers["If-Range"] = self.validator
-            resp = session().get(url, stream=True, allow_redirects=False, headers=headers, auth=auth,
-                                 timeout=(self.net.connect_timeout, self.net.read_timeout))
-            if resp.status_code not in (301, 302, 303, 307, 308):
+            resp = transport.get(url, parts.scheme, parts.hostname or "", headers,
+                                 self.net.connect_timeout, self.net.read_timeout)
+            if resp.status not in (301, 302, 303, 307, 308):
                 self.final_url = url
                 return resp
-            resp.close()
-            target = urljoin(url, resp.headers.get("Location", ""))
+            location = resp.headers.get("Location", "")
+            _discard(resp)
+            target = urljoin(url, location)
             if target in seen or target == url:
                 raise NetworkError(f"download of {redact(self.url)} failed: redirect loop at {redact(target)}")
-            old, new = urlsplit(url), urlsplit(target)
-            if old.scheme == "https" and new.scheme == "http" and (new.hostname or "") not in self.net.allow_http:
+            new = urlsplit(target)
+            if parts.scheme == "https" and new.scheme == "http" and (new.hostname or "") not in self.net.allow_http:
                 raise NetworkError(
                     f"download of {redact(self.url)} refused: it redirects from https to plain http "
                     f"({redact(target)}). If you trust that host, allow it: [settings] allow_http = "
@@ -194,70 +166,96 @@ class _Download:
 
     def attempt(self) -> None:
         """One attempt; raises _Transient for faults worth retrying."""
-        import requests
         import urllib3
 
+        from . import transport
+
         try:
-            with self._request() as resp:
-                status = resp.status_code
-                if status in RETRY_STATUS:
-                    raise _Transient(f"HTTP {status} {resp.reason}", _retry_after(resp))
-                if status == 416:  # our range is past the end: the file changed
-                    raise _Transient("server rejected the resume range", restart=True)
-                if status >= 400:
-                    hint = ("check the URL in models.toml or the registry entry; a mirror setting may point to a "
-                            "wrong prefix" if status in (404, 410) else
-                            "the server refused access: credentials may be needed (README: \"Credentials\")"
-                            if status in (401, 403) else "the server refused the request")
-                    raise NetworkError(f"download of {redact(self.url)} failed: HTTP {status} {resp.reason}; {hint}")
-                if self.size and status != 206:
-                    self._restart()  # the server ignored Range (or If-Range saw new content): from scratch
-                elif status == 206:
-                    start = int((resp.headers.get("Content-Range") or "bytes 0-").split()[1].split("-")[0] or 0)
-                    if start != self.size:
-                        self._restart()
-                        raise _Transient(f"server resumed at byte {start}, not {self.size}", restart=True)
-                length = resp.headers.get("Content-Length")
-                expected_len = self.size + int(length) if length and length.isdigit() else None
-                if self.total is None:
-                    self.total = expected_len if status != 206 else self._full_size(resp)
-                    if self.on_total:
-                        self.on_total(self.total)
-                self.validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
-                raw = resp.raw
-                raw.decode_content = False  # the stored bytes, never a Content-Encoding-decoded variant
-                # read1 hands over bytes as they arrive: after a reset we keep (and resume after) all we got.
-                read = getattr(raw, "read1", None) or raw.read
-                with open(self.dest, "ab", buffering=0) as fout:
-                    while True:
-                        chunk = read(CHUNK)
-                        if not chunk:
-                            break
-                        self.hash.update(chunk)
-                        fout.write(chunk)
-                        self.size += len(chunk)
-                        if self.progress:
-                            self.progress(len(chunk))
-                        failpoints.hit("download")
-                if expected_len is not None and self.size < expected_len:
-                    raise _Transient(f"connection closed after {self.size} of {expected_len} bytes")
-                if expected_len is None and self.expected:
-                    self.digest = self.hash.hexdigest()
-                    if self.digest != self.expected:
-                        # Without Content-Length a cut connection looks like the end: try again from scratch.
-                        self.hash = PipelinedSha256()
-                        raise _Transient("body ended early (no Content-Length) or changed", restart=True)
-        except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as err:
-            # urllib3 errors surface from resp.raw.read(): a connection reset or stall mid-stream.
-            raise _Transient(_reason(err)) from None
-        except requests.RequestException as err:
+            resp = self._request()
+        except urllib3.exceptions.LocationValueError as err:  # also a bad proxy URL: retrying cannot help
             raise NetworkError(f"download of {redact(self.url)} failed: {_reason(err)}") from None
+        except transport.UnsupportedProxy as err:
+            raise NetworkError(f"download of {redact(self.url)} failed: {err}") from None
+        except urllib3.exceptions.SSLError as err:
+            if "CERTIFICATE_VERIFY_FAILED" in str(err):
+                raise NetworkError(
+                    f"download of {redact(self.url)} failed: the server's TLS certificate is not trusted "
+                    f"({_reason(err)}). For a private CA, point REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its "
+                    "bundle.") from None
+            raise _Transient(_reason(err)) from None
+        except urllib3.exceptions.HTTPError as err:
+            raise _Transient(_reason(err)) from None
+        try:
+            self._receive(resp)
+        except urllib3.exceptions.HTTPError as err:
+            # urllib3 errors surface from read1(): a connection reset or stall mid-stream.
+            resp.close()
+            raise _Transient(_reason(err)) from None
+        except BaseException:
+            resp.close()
+            raise
+        resp.release_conn()  # read to the end: the connection is kept for the next download
+
+    def _receive(self, resp) -> None:
+        """Check the status and headers, then stream the body into ``dest``."""
+        status = resp.status
+        if status in RETRY_STATUS:
+            raise _Transient(f"HTTP {status} {resp.reason}", _retry_after(resp))
+        if status == 416:  # our range is past the end: the file changed
+            raise _Transient("server rejected the resume range", restart=True)
+        if status >= 400:
+            hint = ("check the URL in models.toml or the registry entry; a mirror setting may point to a "
+                    "wrong prefix" if status in (404, 410) else
+                    "the server refused access: credentials may be needed (README: \"Credentials\")"
+                    if status in (401, 403) else "the server refused the request")
+            raise NetworkError(f"download of {redact(self.url)} failed: HTTP {status} {resp.reason}; {hint}")
+        if self.size and status != 206:
+            self._restart()  # the server ignored Range (or If-Range saw new content): from scratch
+        elif status == 206:
+            start = int((resp.headers.get("Content-Range") or "bytes 0-").split()[1].split("-")[0] or 0)
+            if start != self.size:
+                self._restart()
+                raise _Transient(f"server resumed at byte {start}, not {self.size}", restart=True)
+        length = resp.headers.get("Content-Length")
+        expected_len = self.size + int(length) if length and length.isdigit() else None
+        if self.total is None:
+            self.total = expected_len if status != 206 else self._full_size(resp)
+            if self.on_total:
+                self.on_total(self.total)
+        if self.hash is None:
+            self.hash = stream_hasher(self.total)
+        self.validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+        # read1 hands over bytes as they arrive: after a reset we keep (and resume after) all we got.
+        read = resp.read1
+        with open(self.dest, "ab", buffering=0) as fout:
+            while True:
+                chunk = read(CHUNK)
+                if not chunk:
+                    break
+                self.hash.update(chunk)
+                fout.write(chunk)
+                self.size += len(chunk)
+                if self.progress:
+                    self.progress(len(chunk))
+                failpoints.hit("download")
+        if expected_len is not None and self.size < expected_len:
+            raise _Transient(f"connection closed after {self.size} of {expected_len} bytes")
+        if expected_len is None and self.expected:
+            self.digest = self.hash.hexdigest()
+            if self.digest != self.expected:
+                # Without Content-Length a cut connection looks like the end: try again from scratch.
+                self.hash = None
+                raise _Transient("body ended early (no Content-Length) or changed", restart=True)
 
     @staticmethod
     def _full_size(resp) -> int | None:
         rng = resp.headers.get("Content-Range") or ""
         total = rng.rpartition("/")[2]
         return int(total) if total.isdigit() else None
+
+    def _close_hash(self) -> None:
+        if self.hash is not None:
+            self.hash.close()
 
     def run(self) -> tuple[str, int, str]:
         started = time.monotonic()
@@ -279,12 +277,18 @@ class _Download:
             except _Transient as err:
                 last = err
             except BaseException:
-                self.hash.close()
+                self._close_hash()
                 raise
-        self.hash.close()
+        self._close_hash()
         raise NetworkError(f"download of {redact(self.url)} failed after {attempt + 1} attempt(s): {last}. "
                            "Check the network (or the mirror setting) and run the command again; retries and "
                            "timeouts are set in [settings.network].")
+
+
+def _discard(resp) -> None:
+    """Let go of a response whose body we do not want (a redirect, an error page)."""
+    resp.close()
+    resp.release_conn()
 
 
 def _reason(err: Exception) -> str:

@@ -113,6 +113,23 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+_sessions = threading.local()
+
+
+def session():
+    """One ``requests.Session`` per thread for the registry API (kept alive, never shared across threads)."""
+    s = getattr(_sessions, "session", None)
+    if s is None:
+        import requests
+
+        from .transport import USER_AGENT
+
+        s = requests.Session()  # trust_env: proxies, CA bundles (REQUESTS_CA_BUNDLE) and netrc as usual
+        s.headers["User-Agent"] = USER_AGENT
+        _sessions.session = s
+    return s
+
+
 @dataclass
 class RegistryClient:
     """One repository on one registry; thread-safe (a ``requests`` session per thread, shared tokens)."""
@@ -140,8 +157,6 @@ class RegistryClient:
 
     def request(self, method: str, url: str, *, push: bool = False, **kw: Any):
         """Send; on a 401 answer the challenge (basic or bearer) once and send again."""
-        from .fetch import session
-
         import requests
 
         headers = dict(kw.pop("headers", {}))
@@ -181,8 +196,6 @@ class RegistryClient:
         if scheme != "bearer" or "realm" not in params:
             raise RegistryAuthError(f"registry {self.ref.host} asks for an authentication scheme we do not "
                                     f"speak ({header[:80]!r})")
-        from .fetch import session
-
         import requests
 
         query = {"service": params.get("service", ""), "scope": scope}
