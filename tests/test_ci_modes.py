@@ -319,6 +319,26 @@ def test_cache_info_and_prune(sandbox, server):
     assert len(json.loads(sandbox.run("cache", "prune", "--older-than", "0", "--json").out)["removed"]) == 1
 
 
+def test_a_download_adds_no_used_marker_and_counts_as_used_when_added(tmp_path):
+    import time
+
+    from ocrd_models.modelsync.cache import Cache
+
+    cache = Cache(tmp_path / "cache")
+    cache.tmp.mkdir(parents=True)
+    (cache.tmp / "t").write_bytes(BLOB)
+    blob = cache.add_blob(cache.tmp / "t", sha256(BLOB))
+    assert not (cache.root / "used").exists()  # one file fewer per download
+    assert time.time() - cache.last_used(sha256(BLOB), blob) < 60
+    marker = cache.root / "used" / sha256(BLOB)  # a stale marker (say, from before a manual delete)
+    marker.parent.mkdir()
+    marker.touch()
+    os.utime(marker, (time.time() - 30 * 86400,) * 2)
+    assert time.time() - cache.last_used(sha256(BLOB), blob) < 60  # the later of marker and addition
+    assert cache.get_blob(sha256(BLOB)) == blob  # a reuse touches the marker
+    assert time.time() - marker.stat().st_mtime < 60
+
+
 def _installed_a_only(sandbox) -> bytes:
     return (sandbox.tessdata / "a.traineddata").read_bytes()
 

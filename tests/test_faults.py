@@ -213,6 +213,56 @@ def test_https_download_verifies_the_certificate(sandbox, tls_server):
     shutil.rmtree(sandbox.cache)
     r = sandbox.run("sync")
     assert r.code == 3 and "Traceback" not in r.err
+    # Said once, with the way out; an untrusted certificate is not a fault worth retrying.
+    assert "TLS certificate is not trusted" in r.err and "REQUESTS_CA_BUNDLE" in r.err
+    assert tls_server.count("/m") == 1
+
+
+# -- proxies and encodings ------------------------------------------------------------------------
+
+def test_downloads_go_through_the_environments_proxy_except_no_proxy_hosts(sandbox, server):
+    origin = FileServer().start()
+    try:
+        url = origin.add("/m", BLOB)
+        server.add("/m", BLOB)  # the proxy answers absolute-form requests for the same path
+        for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+            sandbox.monkeypatch.delenv(var, raising=False)
+        sandbox.monkeypatch.setenv("HTTP_PROXY", server.url(""))
+        _one(sandbox, url)
+        r = sandbox.run("sync")
+        assert r.code == 0, r.err
+        assert _installed(sandbox) == BLOB
+        assert [p for m, p in server.requests] == [url]  # absolute form: the proxy was asked for the origin's URL
+        assert origin.count("/m") == 0
+
+        sandbox.monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        (sandbox.data_dir(PROC) / NAME).unlink()
+        import shutil
+
+        shutil.rmtree(sandbox.cache)
+        r = sandbox.run("sync")
+        assert r.code == 0, r.err
+        assert origin.count("/m") == 1 and len(server.requests) == 1  # direct this time
+    finally:
+        origin.stop()
+
+
+def test_socks_proxies_are_refused_with_a_clear_message(sandbox, server):
+    url = server.add("/m", BLOB)
+    sandbox.monkeypatch.delenv("NO_PROXY", raising=False)
+    sandbox.monkeypatch.delenv("no_proxy", raising=False)
+    sandbox.monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:9")
+    _one(sandbox, url)
+    r = sandbox.run("sync")
+    assert r.code == 3 and "socks5:// is not supported" in r.err and "Traceback" not in r.err
+    assert server.count("/m") == 0 and _installed(sandbox) is None
+
+
+def test_downloads_ask_for_the_stored_bytes_uncompressed(sandbox, server):
+    url = server.add("/m", BLOB)
+    _one(sandbox, url)
+    assert sandbox.run("sync").code == 0
+    assert [h.get("Accept-Encoding") for p, h in server.headers_seen if p == "/m"] == ["identity"]
 
 
 # -- credentials ---------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Layout under the cache dir (``$MODELSYNC_CACHE_DIR``, default ``$XDG_CACHE_HOME/
 
     blobs/sha256/<aa>/<sha256>   a downloaded artifact, read-only, mtime 0
     trees/<aa>/<digest>/         an unpacked archive member (or copied directory), read-only files
-    used/<key>                   touched when an entry is used (for ``cache prune --older-than``)
+    used/<key>                   touched when an entry is reused (for ``cache prune --older-than``; an
+                                 entry added since counts from its ctime)
     projects/<key>.json          locks seen on this machine (for ``cache prune``)
     tmp/                         downloads and unpacking in progress
 
@@ -102,8 +103,7 @@ class Cache:
         final = self.blob_path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
         _seal_file(temp)
-        os.replace(temp, final)
-        self._touch_used(sha256)
+        os.replace(temp, final)  # its ctime says "added now" (see last_used): no marker to create
         return final
 
     # -- trees -----------------------------------------------------------------------
@@ -144,7 +144,7 @@ class Cache:
             if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
                 raise
             self._discard(temp)  # the same digest is already there
-        self._touch_used(digest)
+            self._touch_used(digest)  # theirs is older than this use
         return final
 
     def _discard(self, path: Path) -> None:
@@ -221,13 +221,16 @@ class Cache:
                           sum(self.size_of(p) for _, _, p in entries), len(self.known_locks()))
 
     def last_used(self, key: str, path: Path) -> float:
-        """When an entry was last used (its marker), else when it was added."""
+        """When an entry was last used (its marker) or added (its ctime: sealing and the rename into the
+        store set it), whichever is later. Adding writes no marker: one file fewer per download."""
+        times = [0.0]
         for p in (self.root / "used" / key, path):
             try:
-                return p.lstat().st_mtime if p != path else p.lstat().st_ctime
+                st = p.lstat()
             except OSError:
                 continue
-        return 0.0
+            times.append(st.st_mtime if p != path else st.st_ctime)
+        return max(times)
 
     def prune(self, referenced: set[str], *, older_than_days: float | None = None, dry_run: bool = False
               ) -> list[tuple[str, str, int]]:

@@ -203,8 +203,17 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
     """Run every action (keeps inline, the rest in a thread pool); outcomes in plan order.
 
     A KeyboardInterrupt cancels running downloads (their temp files are removed) and
-    is re-raised.
+    is re-raised. Install records are written once per directory, after every rename.
     """
+    with ctx.records.batch():
+        outcomes = _execute(plan, ctx)
+    for directory in sorted(ctx.deferred_fsync):  # before the caller writes the lock
+        atomic.fsync_dir(directory)
+    ctx.deferred_fsync.clear()
+    return outcomes
+
+
+def _execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
     cancel = threading.Event()
     outcomes: dict[int, Outcome] = {}
     work = []
@@ -244,7 +253,4 @@ def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
                 clean_temp(directory, include_own=True)
             raise
         pool.shutdown(wait=True)
-    for directory in sorted(ctx.deferred_fsync):  # before the caller writes the lock
-        atomic.fsync_dir(directory)
-    ctx.deferred_fsync.clear()
     return [outcomes[i] for i in sorted(outcomes)]

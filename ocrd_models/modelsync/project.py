@@ -491,23 +491,24 @@ class Project:
         rows: list[VerifyRow] = []
         if lock is None:
             return rows
-        for e in lock.entries:
-            expected = e.expected_installed
-            obs = observe(e.processor, e.name, e.location, None, self.locations, self.records)
-            if not obs.hits:
-                rows.append(VerifyRow(e.processor, e.name, False, None, "not installed"))
-                continue
-            hit = obs.hits[0]
-            digest, sigs = digest_path(hit.path)
-            if expected is None or digest == expected:
-                self.records.put(InstallRecord(str(hit.path.absolute()), e.processor, e.name, digest, hit.is_dir,
-                                               sigs, e.url, e.sha256))
-                rows.append(VerifyRow(e.processor, e.name, True, str(hit.path), "sha256 ok"))
-            else:
-                rows.append(VerifyRow(e.processor, e.name, False, str(hit.path),
-                                      f"differs: expected {expected}, found {digest}"))
-            if e.converted_sha256:
-                rows.append(self._verify_converted(e))
+        with self.records.batch():  # one index write per directory
+            for e in lock.entries:
+                expected = e.expected_installed
+                obs = observe(e.processor, e.name, e.location, None, self.locations, self.records)
+                if not obs.hits:
+                    rows.append(VerifyRow(e.processor, e.name, False, None, "not installed"))
+                    continue
+                hit = obs.hits[0]
+                digest, sigs = digest_path(hit.path)
+                if expected is None or digest == expected:
+                    self.records.put(InstallRecord(str(hit.path.absolute()), e.processor, e.name, digest, hit.is_dir,
+                                                   sigs, e.url, e.sha256))
+                    rows.append(VerifyRow(e.processor, e.name, True, str(hit.path), "sha256 ok"))
+                else:
+                    rows.append(VerifyRow(e.processor, e.name, False, str(hit.path),
+                                          f"differs: expected {expected}, found {digest}"))
+                if e.converted_sha256:
+                    rows.append(self._verify_converted(e))
         return rows
 
     def _verify_converted(self, e: LockEntry) -> VerifyRow:
