@@ -93,8 +93,10 @@ class Registry:
             return
         import yaml  # only paid for when the file exists
 
+        # libyaml's loader where PyYAML has it: the pure-Python one takes 0.15 s for 200 entries
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=loader) or {}  # noqa: S506 - a safe loader
         except yaml.YAMLError as err:
             self.warnings.append(f"ignored OCR-D user database {path}: not valid YAML ({err})")
             return
