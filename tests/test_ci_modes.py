@@ -480,3 +480,28 @@ def test_a_large_trees_install_record_is_read_whole(tmp_path):
     assert len(rec.to_json()) > 2 * 65536
     got = store.get(tmp_path / "model")
     assert got is not None and got.sigs == sigs and got.digest == "d" * 64
+
+
+def test_a_large_lock_is_checked_once_per_content(tmp_path, monkeypatch):
+    from ocrd_models.modelsync import lockfile, manifest
+    from ocrd_models.modelsync.errors import LockfileError
+
+    monkeypatch.setattr(manifest, "PARSE_CACHE_DIR", tmp_path / "cache")
+    entries = [lockfile.LockEntry("ocrd-x", f"m{i:04}.bin", f"https://example.org/m{i}", sha256=sha256(b"%d" % i),
+                                  size=i) for i in range(400)]
+    text = lockfile.dumps(lockfile.Lockfile("a" * 64).with_entries(entries, "a" * 64))
+    assert len(text) > 64 * 1024
+    first = lockfile.parse_lock(text, tmp_path / "models.lock")
+    manifest.flush_validated()  # what a successful command does at its end
+
+    def no_checks(*args):
+        raise AssertionError("checked again although these bytes passed before")
+
+    monkeypatch.setattr(lockfile, "_entry", no_checks)
+    assert lockfile.parse_lock(text, tmp_path / "models.lock") == first
+    monkeypatch.undo()
+    monkeypatch.setattr(manifest, "PARSE_CACHE_DIR", tmp_path / "cache")
+    # Other bytes (a hand edit, a bad merge) are checked in full.
+    bad = text.replace(sha256(b"7"), "not-a-digest", 1)
+    with pytest.raises(LockfileError, match="must be 64 lowercase hexadecimal digits"):
+        lockfile.parse_lock(bad, tmp_path / "models.lock")

@@ -327,7 +327,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     form without running the validators: building pydantic's validators costs more than the rest
     of a no-op `sync`.
     """
-    cached = _validated_path(text)
+    cached = validated_marker(text, __file__)
     if cached is not None:
         try:
             return _construct(json.loads(cached.read_text(encoding="utf-8")))
@@ -339,8 +339,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     except ValidationError as err:
         raise ManifestError(format_validation_error(err, path, text, "models.toml")) from None
     if cached is not None:
-        # Written only once the command succeeds (flush_validated): a failing command changes nothing on disk.
-        _PENDING[cached] = manifest.model_dump(mode="json")
+        remember_validated(cached, manifest.model_dump(mode="json"))
     return manifest
 
 
@@ -354,10 +353,19 @@ def flush_validated() -> None:
         _store_parsed(path, data)
 
 
-def _validated_path(text: str) -> Path | None:
-    if PARSE_CACHE_DIR is None:
+def remember_validated(marker: Path, data: dict[str, Any]) -> None:
+    """Note that a text passed validation; written only once the command succeeds (flush_validated),
+    so a failing command changes nothing on disk."""
+    _PENDING[marker] = data
+
+
+def validated_marker(text: str, checker: str, min_size: int = 0) -> Path | None:
+    """Where the cache notes that ``text`` passed the checks of the module at ``checker`` (None: no cache,
+    or a text below ``min_size``, checked faster than looked up). The checking code is part of the key:
+    a changed schema never trusts a stale verdict."""
+    if PARSE_CACHE_DIR is None or len(text) < min_size:
         return None
-    h = hashlib.sha256(Path(__file__).read_bytes())  # the schema's code: a changed model never reads stale data
+    h = hashlib.sha256(Path(checker).read_bytes())
     h.update(text.encode("utf-8"))
     return PARSE_CACHE_DIR / "validated" / f"{h.hexdigest()}.json"
 
