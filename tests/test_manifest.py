@@ -61,3 +61,29 @@ def test_manifest_hash_ignores_formatting_order_and_mirrors(sandbox):
     c = parse_manifest('[processors]\nocrd-x = ["a", { name = "b", location = "cwd" }]\n', Path("m"))
     assert a.normalized_hash() == b.normalized_hash()
     assert a.normalized_hash() != c.normalized_hash()
+
+
+def test_a_manifest_validated_before_is_rebuilt_equal_without_validators(tmp_path, monkeypatch):
+    from ocrd_models.modelsync import manifest
+
+    monkeypatch.setattr(manifest, "PARSE_CACHE_DIR", tmp_path / "cache")
+    text = ('[settings]\nparallel = 3\nlocation = "module"\nconvert_pyrnn = true\nallow_http = ["a.example"]\n'
+            '[settings.network]\nretries = 7\n[settings.locations]\nocrd-x = "cwd"\n'
+            '[processors]\nocrd-x = ["a", { name = "b.tar.gz", url = "https://x/b.tar.gz", type = "archive", '
+            'path_in_archive = "m", sha256 = "' + "ab" * 32 + '", convert = false }]\n'
+            'ocrd-y = [{ name = "c", url = "file:///tmp/c", description = "see" }]\n')
+    first = manifest.parse_manifest(text, tmp_path / "models.toml")
+    manifest.flush_validated()
+
+    def no_validation(*args, **kwargs):
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(manifest.Manifest, "model_validate", no_validation)
+    again = manifest.parse_manifest(text, tmp_path / "models.toml")
+    assert again == first and again.model_dump() == first.model_dump()
+    assert again.normalized_hash() == first.normalized_hash()
+    spec = again.processors["ocrd-x"][1]
+    assert (spec.name, spec.type, spec.path_in_archive, spec.convert) == ("b.tar.gz", "archive", "m", False)
+    assert again.settings.network.retries == 7 and again.settings.locations == {"ocrd-x": "cwd"}
+    with pytest.raises(Exception):
+        spec.name = "other"  # still frozen

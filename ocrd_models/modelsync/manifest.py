@@ -370,9 +370,23 @@ def validated_marker(text: str, checker: str, min_size: int = 0) -> Path | None:
     return PARSE_CACHE_DIR / "validated" / f"{h.hexdigest()}.json"
 
 
+def _rebuild(cls: type[BaseModel], values: dict[str, Any]) -> Any:
+    """``cls.model_construct(**values)`` for ``values`` that hold exactly the model's fields (its own
+    ``model_dump``): what model_construct ends with, without its per-field alias and default handling,
+    which took most of a 10 000-model plan's manifest load."""
+    if values.keys() != cls.__pydantic_fields__.keys() or cls.__pydantic_post_init__:
+        return cls.model_construct(**values)
+    m = cls.__new__(cls)
+    object.__setattr__(m, "__dict__", values)
+    object.__setattr__(m, "__pydantic_fields_set__", set(values))
+    object.__setattr__(m, "__pydantic_extra__", None)
+    object.__setattr__(m, "__pydantic_private__", None)
+    return m
+
+
 def _construct(d: dict[str, Any]) -> Manifest:
     """A Manifest from its own ``model_dump`` (already valid: no validators run)."""
     s = dict(d["settings"])
     s["network"] = NetworkSettings.model_construct(**s["network"])
-    processors = {exe: [ModelSpec.model_construct(**spec) for spec in specs] for exe, specs in d["processors"].items()}
+    processors = {exe: [_rebuild(ModelSpec, spec) for spec in specs] for exe, specs in d["processors"].items()}
     return Manifest.model_construct(settings=Settings.model_construct(**s), processors=processors)
