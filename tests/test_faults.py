@@ -227,13 +227,18 @@ def test_downloads_go_through_the_environments_proxy_except_no_proxy_hosts(sandb
         server.add("/m", BLOB)  # the proxy answers absolute-form requests for the same path
         for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
             sandbox.monkeypatch.delenv(var, raising=False)
-        sandbox.monkeypatch.setenv("HTTP_PROXY", server.url(""))
+        sandbox.monkeypatch.setenv("HTTP_PROXY", server.url("").replace("http://", "http://alice:s%40cret@"))
         _one(sandbox, url)
         r = sandbox.run("sync")
         assert r.code == 0, r.err
         assert _installed(sandbox) == BLOB
         assert [p for m, p in server.requests] == [url]  # absolute form: the proxy was asked for the origin's URL
         assert origin.count("/m") == 0
+        import base64
+
+        seen = {k.lower(): v for k, v in server.headers_seen[0][1].items()}  # header names have no case
+        assert seen.get("proxy-authorization") == "Basic " + base64.b64encode(b"alice:s@cret").decode()
+        assert "s@cret" not in r.out + r.err and "s%40cret" not in sandbox.lock.read_text()
 
         sandbox.monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         (sandbox.data_dir(PROC) / NAME).unlink()

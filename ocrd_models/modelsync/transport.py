@@ -5,7 +5,8 @@ hooks, merging settings, preparing a request object); for 200 small models that 
 the sync. Downloads therefore talk to urllib3 (the library under requests) directly, keeping
 what users rely on from requests:
 
-- proxies from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY``, excepting ``NO_PROXY`` hosts;
+- proxies from ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` (with ``user:password@`` sent as
+  ``Proxy-Authorization``), excepting ``NO_PROXY`` hosts;
 - CA bundles from ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE`` or ``SSL_CERT_FILE`` (a file or a
   directory), else certifi's bundle, else the system's;
 - kept-alive connections, one pool manager per thread (never shared across threads).
@@ -58,6 +59,18 @@ def _proxy_for(scheme: str, host: str) -> str | None:
     return proxy
 
 
+def _proxy_login(proxy: str) -> dict[str, str]:
+    """``Proxy-Authorization`` from user info in the proxy URL (urllib3 does not apply it by itself: we
+    add it to the CONNECT of https downloads and to the forwarded request of http ones)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return {}
+    login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return urllib3.make_headers(proxy_basic_auth=login)
+
+
 def _manager(proxy: str | None, ca: str | None) -> urllib3.PoolManager:
     """This thread's pool manager for one proxy and CA setting (kept: connections stay alive)."""
     managers = getattr(_local, "managers", None)
@@ -70,7 +83,10 @@ def _manager(proxy: str | None, ca: str | None) -> urllib3.PoolManager:
         if ca:
             tls = {"ca_cert_dir": ca} if os.path.isdir(ca) else {"ca_certs": ca}
         options = dict(num_pools=16, maxsize=1, cert_reqs="CERT_REQUIRED", **tls)
-        manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+        if proxy:
+            manager = urllib3.ProxyManager(proxy, proxy_headers=_proxy_login(proxy), **options)
+        else:
+            manager = urllib3.PoolManager(**options)
         managers[key] = manager
     return manager
 
@@ -84,7 +100,10 @@ def get(url: str, scheme: str, host: str, headers: dict[str, str], connect_timeo
     reused), ``close()`` otherwise.
     """
     sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
-    manager = _manager(_proxy_for(scheme, host), _ca_bundle() if scheme == "https" else None)
+    proxy = _proxy_for(scheme, host)
+    if proxy and scheme == "http":
+        sent.update(_proxy_login(proxy))  # forwarded through the proxy: it reads our request's headers
+    manager = _manager(proxy, _ca_bundle() if scheme == "https" else None)
     return manager.request("GET", url, headers=sent, preload_content=False, decode_content=False,
                            redirect=False, retries=False,
                            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout))
