@@ -143,7 +143,9 @@ def parse_lock(text: str, path: Path) -> Lockfile:
     raws = data.get("resource", [])
     if not isinstance(raws, list):
         raise LockfileError(f"{path}: 'resource' must be an array of tables ([[resource]])")
-    seen = validated_marker(text, __file__, min_size=64 * 1024)
+    from . import manifest  # its name and location checks count too
+
+    seen = validated_marker(text, (__file__, manifest.__file__), min_size=64 * 1024)
     if seen is not None and seen.exists():
         # These exact bytes passed the checks below before (same checking code): only build the entries.
         entries = [LockEntry(**r) for r in raws]

@@ -327,7 +327,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     form without running the validators: building pydantic's validators costs more than the rest
     of a no-op `sync`.
     """
-    cached = validated_marker(text, __file__)
+    cached = validated_marker(text, (__file__,))
     if cached is not None:
         try:
             return _construct(json.loads(cached.read_text(encoding="utf-8")))
@@ -359,13 +359,15 @@ def remember_validated(marker: Path, data: dict[str, Any]) -> None:
     _PENDING[marker] = data
 
 
-def validated_marker(text: str, checker: str, min_size: int = 0) -> Path | None:
-    """Where the cache notes that ``text`` passed the checks of the module at ``checker`` (None: no cache,
-    or a text below ``min_size``, checked faster than looked up). The checking code is part of the key:
-    a changed schema never trusts a stale verdict."""
+def validated_marker(text: str, checkers: tuple[str, ...], min_size: int = 0) -> Path | None:
+    """Where the cache notes that ``text`` passed the checks of the modules at ``checkers`` (None: no
+    cache, or a text below ``min_size``, checked faster than looked up). The checking code is part of
+    the key: a changed schema never trusts a stale verdict."""
     if PARSE_CACHE_DIR is None or len(text) < min_size:
         return None
-    h = hashlib.sha256(Path(checker).read_bytes())
+    h = hashlib.sha256()
+    for checker in checkers:
+        h.update(Path(checker).read_bytes())
     h.update(text.encode("utf-8"))
     return PARSE_CACHE_DIR / "validated" / f"{h.hexdigest()}.json"
 
