@@ -352,8 +352,6 @@ class Project:
     @cached_property
     def registry_source(self) -> "RegistrySource | None":
         """The registry to fetch locked artifacts from first (flag > env > settings), or None."""
-        from .oci_pull import open_source
-
         ref = self.oci_registry or self.env.get("MODELSYNC_REGISTRY") or self.settings.registry
         only = self.registry_only
         if only is None:
@@ -364,6 +362,8 @@ class Project:
                 raise UserInputError("--registry-only needs a registry: --registry HOST/REPOSITORY, "
                                      "$MODELSYNC_REGISTRY or [settings] registry")
             return None
+        from .oci_pull import open_source  # only projects that use a registry pay for its import
+
         return open_source(ref, only, self.env, frozenset(self.settings.allow_http), self.net_config())
 
     def push(self, reference: str, chunk: int | None = None,
