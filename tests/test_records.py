@@ -94,3 +94,18 @@ def test_records_of_older_versions_are_read_and_deleted(tmp_path):
     assert [r.path for r in store.all()] == [path]
     store.delete(path)
     assert not legacy.exists() and store.get(path) is None
+
+
+def test_a_damaged_index_counts_as_no_records(tmp_path):
+    store = RecordStore(tmp_path / "state")
+    folder = tmp_path / "models"
+    store.put(_rec(folder / "a", "a"))
+    index = next((tmp_path / "state" / "records" / "dirs").glob("*.json"))
+    doc = json.loads(index.read_text())
+    doc["records"]["a"] = "not a record"
+    index.write_text(json.dumps(doc))
+    assert RecordStore(tmp_path / "state").get(folder / "a") is None
+    index.write_text("{ truncated")
+    assert RecordStore(tmp_path / "state").get(folder / "a") is None
+    store.put(_rec(folder / "b", "b"))  # a damaged index is replaced by the next write
+    assert RecordStore(tmp_path / "state").get(folder / "b").name == "b"

@@ -133,7 +133,7 @@ class RecordStore:
             return self._legacy_get(abspath)
         try:
             return InstallRecord.from_dict(abspath, d)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):  # a damaged entry counts as none
             return None
 
     def _legacy_get(self, abspath: str) -> InstallRecord | None:
