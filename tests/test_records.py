@@ -100,11 +100,13 @@ def test_a_damaged_index_counts_as_no_records(tmp_path):
     store = RecordStore(tmp_path / "state")
     folder = tmp_path / "models"
     store.put(_rec(folder / "a", "a"))
+    store.put(_rec(folder / "c", "c"))
     index = next((tmp_path / "state" / "records" / "dirs").glob("*.json"))
     doc = json.loads(index.read_text())
     doc["records"]["a"] = "not a record"
     index.write_text(json.dumps(doc))
     assert RecordStore(tmp_path / "state").get(folder / "a") is None
+    assert [r.name for r in RecordStore(tmp_path / "state").all()] == ["c"]  # the others still count
     index.write_text("{ truncated")
     assert RecordStore(tmp_path / "state").get(folder / "a") is None
     store.put(_rec(folder / "b", "b"))  # a damaged index is replaced by the next write

@@ -189,10 +189,10 @@ class _Download:
             self._receive(resp)
         except urllib3.exceptions.HTTPError as err:
             # urllib3 errors surface from read1(): a connection reset or stall mid-stream.
-            resp.close()
+            _discard(resp)
             raise _Transient(_reason(err)) from None
         except BaseException:
-            resp.close()
+            _discard(resp)
             raise
         resp.release_conn()  # read to the end: the connection is kept for the next download
 
@@ -286,7 +286,8 @@ class _Download:
 
 
 def _discard(resp) -> None:
-    """Let go of a response whose body we do not want (a redirect, an error page)."""
+    """Let go of a response whose body we do not want or could not finish (a redirect, an error page,
+    a broken stream): its connection is closed, not reused."""
     resp.close()
     resp.release_conn()
 

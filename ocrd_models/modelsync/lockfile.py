@@ -13,7 +13,7 @@ from typing import Any
 
 import tomli_w
 
-from . import failpoints
+from . import failpoints, manifest
 from .atomic import write_text_atomic
 from .errors import LockfileError
 from .manifest import check_location, check_resource_name, parse_toml, remember_validated, validated_marker
@@ -143,8 +143,7 @@ def parse_lock(text: str, path: Path) -> Lockfile:
     raws = data.get("resource", [])
     if not isinstance(raws, list):
         raise LockfileError(f"{path}: 'resource' must be an array of tables ([[resource]])")
-    from . import manifest  # its name and location checks count too
-
+    # Keyed by both modules' code: manifest.py's name and location checks apply here too.
     seen = validated_marker(text, (__file__, manifest.__file__), min_size=64 * 1024)
     if seen is not None and seen.exists():
         # These exact bytes passed the checks below before (same checking code): only build the entries.

@@ -114,7 +114,7 @@ class RecordStore:
             hit = self._loaded.get(path)
         if hit is not None and hit[0] == sig:
             return hit[1]
-        records = _read_index(path, directory)
+        records = _read_index(path, directory)[1]
         with self._mutex:
             self._loaded[path] = (sig, records)
         return records
@@ -188,7 +188,7 @@ class RecordStore:
         path = self._index_file(directory)
         os.makedirs(self._dirs, exist_ok=True)
         with _locked(path + ".lock"):
-            records = _read_index(path, directory)  # fresh: another process may have written meanwhile
+            records = _read_index(path, directory)[1]  # fresh: another process may have written meanwhile
             for name, d in changes.items():
                 if d is None:
                     records.pop(name, None)
@@ -211,27 +211,29 @@ class RecordStore:
                 continue
             out[rec.path] = rec
         for f in sorted(Path(self._dirs).glob("*.json")):
-            try:
-                doc = json.loads(f.read_text(encoding="utf-8"))
-                directory = doc["dir"]
-                for name, d in doc["records"].items():
-                    path = os.path.join(directory, name)
+            directory, records = _read_index(str(f))
+            for name, d in records.items():
+                path = os.path.join(directory, name)
+                try:
                     out[path] = InstallRecord.from_dict(path, d)
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                continue
+                except (KeyError, TypeError, ValueError, AttributeError):  # one damaged entry, not the index
+                    continue
         return [out[p] for p in sorted(out)]
 
 
-def _read_index(path: str, directory: str) -> dict[str, Any]:
-    """The records of an index file; empty if it is missing, unreadable or of another directory."""
+def _read_index(path: str, directory: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(directory, records) of an index file; no records if it is missing, unreadable, or (given
+    ``directory``) of another directory."""
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except (OSError, ValueError):
-        return {}
-    if not isinstance(doc, dict) or doc.get("dir") != directory or not isinstance(doc.get("records"), dict):
-        return {}
-    return doc["records"]
+        return "", {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("dir"), str) or not isinstance(doc.get("records"), dict):
+        return "", {}
+    if directory is not None and doc["dir"] != directory:
+        return "", {}
+    return doc["dir"], doc["records"]
 
 
 @contextmanager

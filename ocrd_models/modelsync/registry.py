@@ -93,7 +93,7 @@ class Registry:
             return
         import yaml  # only paid for when the file exists
 
-        # libyaml's loader where PyYAML has it: the pure-Python one takes 0.15 s for 200 entries
+        # libyaml's loader where PyYAML has it: the pure-Python one is ~8x slower (60 ms for 200 entries)
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         try:
             data = yaml.load(text, Loader=loader) or {}  # noqa: S506 - a safe loader
