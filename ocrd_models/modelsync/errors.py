@@ -6,6 +6,7 @@ Classes also subclass the closest stdlib type so library users can catch them na
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 # The exit-code table, documented in README.md ("Exit codes"). Keep both in step.
@@ -93,6 +94,71 @@ class InstallError(ModelsyncError, OSError):
     """The filesystem refused an install step (permissions, space, ...)."""
 
     exit_code = EXIT_INSTALL
+
+
+def filesystem_error(err: OSError, path: "str | os.PathLike[str]", doing: str) -> InstallError:
+    """An :class:`InstallError` for an OS error while ``doing`` something to ``path``.
+
+    A full disk names the filesystem (its mount point and free bytes), not the temp file that
+    happened to hit it; a read-only filesystem and a permission problem say so, with the next step.
+    """
+    import errno
+
+    where = _mount_point(path)
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = _free_bytes(where)
+        hint = (f"the filesystem mounted at {where} is full ({_size(free)} free). Free space there "
+                "(`modelsync cache prune` frees cache entries no lock uses), or point the cache or the "
+                "location at another filesystem, then run the command again.")
+    elif err.errno == errno.EROFS:
+        hint = (f"the filesystem mounted at {where} is read-only. Choose a writable location in models.toml, "
+                "or set MODELSYNC_CACHE_DIR / MODELSYNC_STATE_DIR to a writable place.")
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        hint = (f"permission denied for user {_user()}. Make {_parent_dir(path)} writable for that user, or "
+                "choose another location (models.toml) or cache (--cache-dir).")
+    else:
+        hint = "check the filesystem and run the command again."
+    return InstallError(f"cannot {doing} {path}: {reason}; {hint}")
+
+
+def _mount_point(path: "str | os.PathLike[str]") -> str:
+    p = os.path.abspath(os.fspath(path))
+    while not os.path.exists(p) and p != os.path.dirname(p):
+        p = os.path.dirname(p)
+    while not os.path.ismount(p):
+        p = os.path.dirname(p)
+    return p
+
+
+def _parent_dir(path: "str | os.PathLike[str]") -> str:
+    p = os.path.abspath(os.fspath(path))
+    return p if os.path.isdir(p) else os.path.dirname(p)
+
+
+def _free_bytes(mount: str) -> int | None:
+    try:
+        st = os.statvfs(mount)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "? bytes"
+    if n < 1024**2:
+        return f"{n} bytes"
+    return f"{n / 1024**2:.1f} MiB" if n < 1024**3 else f"{n / 1024**3:.1f} GiB"
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.geteuid()) if hasattr(os, "geteuid") else "?"
 
 
 class UnsafeArchive(ModelsyncError):
