@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -10,6 +11,25 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+# Characters that make a terminal do something rather than show a glyph: C0 controls (ESC starts
+# colour, title and hyperlink sequences; BEL, BS and CR rewrite what is shown), DEL, C1 controls (CSI
+# 0x9b is an ESC [ on some terminals), and the bidirectional overrides that reorder a line. Text from
+# outside (server reason phrases, model codecs, names and keys in a file) is printed with them escaped.
+_CONTROL_IN_LINES = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_IN_CELLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # C0: json.dumps escapes it
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape_controls(text: str, *, newlines: bool = True) -> str:
+    """``text`` with every control character shown as a ``\\x1b``-style escape (newlines kept unless
+    ``newlines`` is False: a table cell is one line)."""
+    pattern = _CONTROL_IN_LINES if newlines else _CONTROL_IN_CELLS
+    return pattern.sub(_escape_char, text) if pattern.search(text) else text
 
 
 class _LazyConsole:
@@ -36,7 +56,9 @@ class _LazyConsole:
         return self._console
 
     def print(self, *objects: Any, **kw: Any) -> None:
-        """Like Console.print; an unstyled line of text off a terminal is written as is."""
+        """Like Console.print, with control characters in text escaped; an unstyled line of text off a
+        terminal is written as is."""
+        objects = tuple(escape_controls(o) if isinstance(o, str) else o for o in objects)
         if kw.get("markup") is False and all(isinstance(o, str) for o in objects) and not self._stream.isatty() \
                 and set(kw) <= {"markup", "highlight", "soft_wrap"}:
             self._stream.write(" ".join(objects) + "\n")
@@ -82,7 +104,10 @@ JSON_SCHEMA_VERSION = 1  # bump on any incompatible change of a --json document 
 def emit_json(doc: dict[str, Any]) -> None:
     """Print one JSON document on stdout (the only thing printed there with --json)."""
     doc = {"schema_version": JSON_SCHEMA_VERSION, **doc}
-    sys.stdout.write(json.dumps(_plain(doc), indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    text = json.dumps(_plain(doc), indent=2, ensure_ascii=False, sort_keys=False)
+    # json.dumps escapes C0 controls itself; DEL, C1 and bidi overrides are valid JSON as \\u escapes too.
+    text = _CONTROL_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
@@ -99,17 +124,19 @@ def _plain_table(columns: list[str], rows: list[list[str]]) -> None:
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
     """A table on stdout: rich on a terminal, plain aligned columns in pipes, logs and for long lists."""
     columns = list(columns)
-    rows = [["" if v is None else str(v) for v in r] for r in rows]
+    rows = [["" if v is None else escape_controls(str(v), newlines=False) for v in r] for r in rows]
     if not sys.stdout.isatty() or len(rows) > PLAIN_ABOVE:
         _plain_table(columns, rows)
         return
     from rich.table import Table
 
+    from rich.text import Text
+
     t = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*(Text(v) for v in r))  # Text: a cell is never read as rich markup
     out.print(t)
 
 
@@ -171,8 +198,10 @@ class BarProgress:
         from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                    TransferSpeedColumn)
 
+        # The real Console (a Live display enters it as a context manager); descriptions are
+        # escaped below, so the column may read the ✓/✗ marks as markup.
         self._p = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                           TimeRemainingColumn(), console=err, transient=False)
+                           TimeRemainingColumn(), console=err._rich(), transient=False)
         self._ids: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -183,9 +212,15 @@ class BarProgress:
     def __exit__(self, *exc: Any) -> None:
         self._p.stop()
 
+    @staticmethod
+    def _label(task: str) -> str:
+        from rich.markup import escape
+
+        return escape(escape_controls(task, newlines=False))
+
     def start(self, task: str, total: int | None) -> None:  # noqa: D102
         with self._lock:
-            self._ids[task] = self._p.add_task(task, total=total)
+            self._ids[task] = self._p.add_task(self._label(task), total=total)
 
     def update_total(self, task: str, total: int | None) -> None:  # noqa: D102
         if total is not None:
@@ -200,7 +235,7 @@ class BarProgress:
             return
         mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
         t = self._p.tasks[[x.id for x in self._p.tasks].index(tid)]
-        self._p.update(tid, description=f"{mark} {task}", total=t.completed if ok else t.total)
+        self._p.update(tid, description=f"{mark} {self._label(task)}", total=t.completed if ok else t.total)
 
     def note(self, message: str) -> None:  # noqa: D102
-        self._p.console.print(message, markup=False, highlight=False)
+        self._p.console.print(escape_controls(message), markup=False, highlight=False)
