@@ -135,3 +135,27 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_writable(directory: Path) -> None:
+    """Raise the InstallError of :func:`errors.filesystem_error` unless we could create files in
+    ``directory`` (or, when it does not exist yet, in the nearest ancestor that does, where it would be
+    made). Nothing is written: a read-only filesystem (statvfs) and missing permission (access) are
+    what this tells apart before a run starts; a full disk is found on the way."""
+    import errno
+
+    from .errors import filesystem_error
+
+    probe = Path(os.path.abspath(directory))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise filesystem_error(OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), probe, "create files in")
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        raise filesystem_error(OSError(errno.EROFS, os.strerror(errno.EROFS)), directory, "write to")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise filesystem_error(OSError(errno.EACCES, os.strerror(errno.EACCES)), directory, "write to")

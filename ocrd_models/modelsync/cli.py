@@ -639,6 +639,12 @@ def main() -> None:
             sys.exit(EXIT_USER_INPUT if err.exit_code == 2 else err.exit_code)
         if os.environ.get("MODELSYNC_DEBUG"):
             raise
+        known = _machine_fault(err)
+        if known is not None:  # the machine's fault, not ours: its own message and exit code
+            from . import render
+
+            render.error(str(known))
+            sys.exit(known.exit_code)
         from . import render
 
         render.error(f"unexpected {type(err).__name__}: {err}\nThis is a bug in modelsync; please report it with "
@@ -649,6 +655,21 @@ def main() -> None:
     if not code:
         manifest_module.flush_validated()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _machine_fault(err: Exception) -> ModelsyncError | None:
+    """A safety net for OS errors no layer below turned into a typed error: the filesystem's (exit 8,
+    naming it) or the network's (exit 3); None for anything else, which is a bug."""
+    import socket
+
+    from .errors import NetworkError, filesystem_error
+
+    if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror)) or \
+            type(err).__module__.split(".")[0] in ("requests", "urllib3"):
+        return NetworkError(f"a network operation failed: {err}. Check the network and run the command again.")
+    if isinstance(err, OSError):
+        return filesystem_error(err, err.filename2 or err.filename or os.getcwd(), "write")
+    return None
 
 
 def _interrupted() -> None:

@@ -5,6 +5,7 @@ One failing resource never stops the others; every failure is returned with its 
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from .credentials import redact
 from .digest import digest_path
-from .errors import InstallError, ModelsyncError
+from .errors import InstallError, ModelsyncError, filesystem_error
 from . import atomic, failpoints
 from .cache import Cache, place
 from .fetch import NetConfig
@@ -132,8 +133,7 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InstallError(f"cannot create {final.parent}: {err.strerror or err}. Check permissions, or choose "
-                           "another location in models.toml.") from None
+        raise filesystem_error(err, final.parent, "create") from None
     temp, _ = place(got.source, final, ctx.link_mode, on_fallback=_fallback_notice(ctx))
     failpoints.hit("place")
     sigs = commit(temp, final, ctx.deferred_fsync)
@@ -184,7 +184,13 @@ def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
         ctx.progress.finish(task, False, str(err).splitlines()[0])
         return Outcome(action, error=err)
     except OSError as err:
-        wrapped = InstallError(f"{task}: {err.strerror or err}" + (f": {err.filename}" if err.filename else ""))
+        # filename2 is the destination of a copy, link or rename (filename its source, e.g. the cache
+        # blob); a temp name of ours beside the target is reported as the target it stands for.
+        where = err.filename2 or err.filename or action.target
+        if os.path.basename(os.fsdecode(where)).startswith(atomic.TEMP_PREFIX) and \
+                os.path.dirname(os.fsdecode(where)) == str(action.target.parent):
+            where = action.target
+        wrapped = filesystem_error(err, where, "write")
         ctx.progress.finish(task, False, str(wrapped))
         return Outcome(action, error=wrapped)
     except (Cancelled, atomic.Closing):

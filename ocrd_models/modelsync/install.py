@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 from .atomic import fsync_dir, remove_path, temp_name
 from .cache import Cache
 from .digest import FileHasher, StatSig, current_sigs, digest_path
-from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError
+from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError, filesystem_error
 from . import failpoints
 from .fetch import NetConfig, fetch, local_source
 from .unpack import Limits, extract, select
@@ -85,8 +85,7 @@ def obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int,
     try:
         cache.tmp.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InstallError(f"cannot create the cache directory {cache.tmp}: {err.strerror or err}. "
-                           "Set MODELSYNC_CACHE_DIR or --cache-dir to a writable place.") from None
+        raise filesystem_error(err, cache.tmp, "create the cache directory") from None
     if f.registry is not None and not is_local:
         from_registry = (f.registry.fetch(req.expected_sha256, cache.tmp, f.net, req.what, f.progress, f.on_total)
                          if req.expected_sha256 else None)
@@ -175,7 +174,7 @@ def commit(temp: Path, final: Path, deferred_fsync: set[Path] | None = None) -> 
             deferred_fsync.add(final.parent)
     except OSError as err:
         remove_path(temp)
-        raise InstallError(f"cannot move the new {final.name} into {final.parent}: {err.strerror or err}") from None
+        raise filesystem_error(err, final, "move the new model into place at") from None
     sigs = current_sigs(final)
     if sigs is None:
         raise InstallError(f"{final} vanished right after it was installed (another process removed it?)")

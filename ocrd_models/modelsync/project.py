@@ -17,8 +17,9 @@ from .credentials import Credentials
 from .fetch import NetConfig
 from .unpack import Limits
 from .digest import digest_path, sha256_file
-from .errors import (ChangesPending, Failure, LockStale, ModelsyncError, OfflineMissing, SyncFailed,
-                     UserInputError)
+from .atomic import check_writable
+from .errors import (ChangesPending, Failure, InstallError, LockStale, ModelsyncError, OfflineMissing, SyncFailed,
+                     UserInputError, filesystem_error)
 from .executor import ExecContext, Outcome, execute
 from .lockfile import LockEntry, Lockfile, load_lock, write_lock
 from .locations import Locations
@@ -299,7 +300,12 @@ class Project:
         if write:
             digest = self.manifest.normalized_hash()
             lock = Lockfile(digest).with_entries(list(entries.values()), digest)
-            written = write_lock(self.lock_path, lock)
+            try:
+                written = write_lock(self.lock_path, lock)
+            except OSError as err:
+                raise InstallError(f"{filesystem_error(err, self.lock_path, 'write')} Every model that was "
+                                   "installed is in place and verified; once the lock can be written, "
+                                   "`modelsync sync` writes it without fetching them again.") from None
         else:
             lock, written = self.lockfile or Lockfile(""), False
         try:
@@ -307,8 +313,10 @@ class Project:
         except OSError:
             pass  # only `cache prune` needs it
         result = SyncResult(plan, outcomes, lock, written, self.lock_path)
-        if result.failures:
-            raise SyncFailed(result.failures)
+        failures = result.failures + [Failure("install records", str(self.records.root), e)
+                                      for e in self.records.write_errors]
+        if failures:
+            raise SyncFailed(failures)
         return result
 
     def sync(self, *, prune: bool = False, upgrade: set[tuple[str, str]] | bool = False,
@@ -336,17 +344,34 @@ class Project:
                 raise OfflineMissing(f"--offline: {len(missing)} resource(s) are neither installed nor in the cache "
                                      f"({self.cache.root}):\n" + "\n".join(f"  {m}" for m in missing)
                                      + f"\nFetch them with network access: modelsync sync --manifest {self.manifest_path}")
+        write = not (locked or self.frozen)
+        self._preflight(plan, write_lock=write)
         outcomes = execute(plan, self._context())
         self._convert(outcomes)
-        return self._finish(plan, outcomes, write=not (locked or self.frozen))
+        return self._finish(plan, outcomes, write=write)
 
     def lock(self, *, upgrade: set[tuple[str, str]] | bool = False) -> SyncResult:
         """Write models.lock without installing: digests come from the lock, installed copies, or a download
         that is verified and discarded."""
         plan = self.plan(upgrade=upgrade)
+        self._preflight(plan, write_lock=True, install=False)
         outcomes = execute(plan, self._context(obtain_only=True))
         self._convert(outcomes, place=False)
         return self._finish(plan, outcomes)
+
+    def _preflight(self, plan: Plan, *, write_lock: bool, install: bool = True) -> None:
+        """Refuse before anything is fetched or replaced when a directory this run writes to is on a
+        read-only filesystem or not writable by us (the cache, the install records, the locations, the
+        project directory for the lock): the run would otherwise fail half-way."""
+        if not plan.changes:
+            return  # nothing to fetch or replace; a lock that cannot be written still gets its message
+        dirs = {self.cache.root, self.records.root}
+        if install:
+            dirs |= {a.target.parent for a in plan.changes}
+        if write_lock:
+            dirs.add(self.project_dir)
+        for directory in sorted(dirs):
+            check_writable(directory)
 
     # -- OCI registry ---------------------------------------------------------------------------
     @cached_property

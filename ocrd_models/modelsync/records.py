@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 from .atomic import write_text_atomic
 from .digest import StatSig, current_sigs
+from .errors import InstallError, filesystem_error
 
 
 @dataclass
@@ -92,6 +93,7 @@ class RecordStore:
         self._mutex = threading.Lock()
         self._loaded: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}  # index file -> (stat, records)
         self._pending: dict[str, _Changes] | None = None  # directory -> changes, inside batch()
+        self.write_errors: list[InstallError] = []  # index writes a batch could not make (disk full, ...)
 
     # -- where -----------------------------------------------------------------------------
     def _index_file(self, directory: str) -> str:
@@ -182,20 +184,28 @@ class RecordStore:
                 with self._mutex:
                     pending, self._pending = self._pending or {}, None
                 for directory, changes in sorted(pending.items()):
-                    self._write(directory, changes)
+                    try:
+                        self._write(directory, changes)
+                    except InstallError as err:
+                        # Not raised from here: a Ctrl-C or another error may be on its way out, and
+                        # the caller still writes the lock for what was installed (write_errors).
+                        self.write_errors.append(err)
 
     def _write(self, directory: str, changes: _Changes) -> None:
         path = self._index_file(directory)
-        os.makedirs(self._dirs, exist_ok=True)
-        with _locked(path + ".lock"):
-            records = _read_index(path, directory)[1]  # fresh: another process may have written meanwhile
-            for name, d in changes.items():
-                if d is None:
-                    records.pop(name, None)
-                else:
-                    records[name] = d
-            data = json.dumps({"dir": directory, "records": records}, separators=(",", ":"), sort_keys=True)
-            write_text_atomic(Path(path), data)
+        try:
+            os.makedirs(self._dirs, exist_ok=True)
+            with _locked(path + ".lock"):
+                records = _read_index(path, directory)[1]  # fresh: another process may have written meanwhile
+                for name, d in changes.items():
+                    if d is None:
+                        records.pop(name, None)
+                    else:
+                        records[name] = d
+                data = json.dumps({"dir": directory, "records": records}, separators=(",", ":"), sort_keys=True)
+                write_text_atomic(Path(path), data)
+        except OSError as err:
+            raise filesystem_error(err, path, "write the install record") from None
         with self._mutex:
             self._loaded.pop(path, None)
 
