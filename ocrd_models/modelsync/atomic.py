@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 TEMP_PREFIX = ".modelsync-tmp-"
 
@@ -31,9 +34,12 @@ def _safe(hint: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in hint)[:40]
 
 
-def temp_name(directory: Path, hint: str = "", suffix: str = ".part") -> Path:
-    """A unique, hidden temp path inside ``directory`` (same filesystem as the final path)."""
-    if closing.is_set():
+def temp_name(directory: Path, hint: str = "", suffix: str = ".part", *, while_closing: bool = False) -> Path:
+    """A unique, hidden temp path inside ``directory`` (same filesystem as the final path).
+
+    Once Ctrl-C was seen (``closing``) only ``while_closing`` callers get one: the small bookkeeping
+    writes (records, lock) that remove their own temp file whatever happens."""
+    if closing.is_set() and not while_closing:
         raise Closing()
     safe = _safe(hint)
     # The pid comes first so a later run can tell whether the owner is still alive.
@@ -57,7 +63,7 @@ def fsync_dir(directory: Path) -> None:
 def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False, before_rename=None) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new content, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path.parent, path.name)
+    tmp = temp_name(path.parent, path.name, while_closing=True)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -159,3 +165,27 @@ def check_writable(directory: Path) -> None:
         raise filesystem_error(OSError(errno.EROFS, os.strerror(errno.EROFS)), directory, "write to")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise filesystem_error(OSError(errno.EACCES, os.strerror(errno.EACCES)), directory, "write to")
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block has finished, then raise it.
+
+    For the few milliseconds of bookkeeping that must not be cut in half (the install records and the
+    lock of what was installed). Only on the main thread (where Python delivers signals), and only when
+    SIGINT is handled by Python; an exception leaving the block keeps its precedence.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    except BaseException:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt

@@ -61,6 +61,12 @@ class ExecContext:
     notices: set[str] = field(default_factory=set)
     registry: object | None = None  # an oci_pull.RegistrySource: locked artifacts by digest, before the origin
     deferred_fsync: set[Path] = field(default_factory=set)  # directories to flush once, after all installs
+    # Outcomes by plan index as they finish: after a Ctrl-C the caller still locks what was installed.
+    finished: dict[int, "Outcome"] = field(default_factory=dict)
+
+    def finished_outcomes(self) -> list["Outcome"]:
+        """The outcomes of the actions that finished, in plan order."""
+        return [self.finished[i] for i in sorted(self.finished)]
 
 
 def entry_for(w: Wanted, *, sha256: str | None, size: int | None, installed: str | None,
@@ -208,20 +214,23 @@ def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
 def execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
     """Run every action (keeps inline, the rest in a thread pool); outcomes in plan order.
 
-    A KeyboardInterrupt cancels running downloads (their temp files are removed) and
-    is re-raised. Install records are written once per directory, after every rename.
+    A KeyboardInterrupt cancels running downloads (their temp files are removed) and is re-raised;
+    what finished before it is in ``ctx.finished``. Install records are written once per directory,
+    after every rename, also after a Ctrl-C (for what finished).
     """
-    with ctx.records.batch():
-        outcomes = _execute(plan, ctx)
-    for directory in sorted(ctx.deferred_fsync):  # before the caller writes the lock
-        atomic.fsync_dir(directory)
-    ctx.deferred_fsync.clear()
-    return outcomes
+    try:
+        with ctx.records.batch():
+            _execute(plan, ctx)
+    finally:
+        for directory in sorted(ctx.deferred_fsync):  # before the caller writes the lock
+            atomic.fsync_dir(directory)
+        ctx.deferred_fsync.clear()
+    return ctx.finished_outcomes()
 
 
-def _execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
+def _execute(plan: Plan, ctx: ExecContext) -> None:
     cancel = threading.Event()
-    outcomes: dict[int, Outcome] = {}
+    outcomes = ctx.finished
     work = []
     for i, action in enumerate(plan.actions):
         if action.kind == KEEP:
@@ -255,8 +264,10 @@ def _execute(plan: Plan, ctx: ExecContext) -> list[Outcome]:
             atomic.closing.set()  # no worker may create a temp file after the cleanup below
             pool.shutdown(wait=False, cancel_futures=True)
             wait(list(futures), timeout=2.0)
+            for f, i in futures.items():  # installs that completed meanwhile count as installed
+                if f.done() and not f.cancelled() and f.exception() is None and i not in outcomes:
+                    outcomes[i] = f.result()
             for directory in dirs:
                 clean_temp(directory, include_own=True)
             raise
         pool.shutdown(wait=True)
-    return [outcomes[i] for i in sorted(outcomes)]

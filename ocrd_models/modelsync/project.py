@@ -17,7 +17,7 @@ from .credentials import Credentials
 from .fetch import NetConfig
 from .unpack import Limits
 from .digest import digest_path, sha256_file
-from .atomic import check_writable
+from .atomic import check_writable, sigint_deferred
 from .errors import (ChangesPending, Failure, InstallError, LockStale, ModelsyncError, OfflineMissing, SyncFailed,
                      UserInputError, filesystem_error)
 from .executor import ExecContext, Outcome, execute
@@ -287,8 +287,14 @@ class Project:
                            net=self.net_config(), limits=Limits(s.max_unpacked_bytes, s.max_archive_members),
                            registry=self.registry_source)
 
-    def _finish(self, plan: Plan, outcomes: list[Outcome], write: bool = True) -> SyncResult:
-        """Write the lock from the outcomes (so finished work is kept); raise if anything failed."""
+    def _finish(self, plan: Plan, outcomes: list[Outcome], write: bool = True,
+                interrupted: bool = False) -> SyncResult:
+        """Write the lock from the outcomes (so finished work is kept); raise if anything failed.
+
+        ``interrupted``: a Ctrl-C stopped the run; actions without an outcome keep what the lock knew
+        (their files were not touched), and the lock is written only if something was installed or
+        removed, so that it names what is on disk.
+        """
         previous = self.lockfile.by_key() if self.lockfile else {}
         entries: dict[tuple[str, str], LockEntry] = {}
         for o in outcomes:
@@ -297,11 +303,16 @@ class Project:
             elif o.error is not None and o.action.key in previous:
                 # A failed update keeps what the lock knew, so nothing locked is forgotten.
                 entries[o.action.key] = previous[o.action.key]
+        if interrupted:
+            done = {o.action.key for o in outcomes}
+            entries.update({a.key: previous[a.key] for a in plan.actions if a.key not in done and a.key in previous})
+            write = write and any(o.action.kind != KEEP and o.error is None for o in outcomes)
         if write:
             digest = self.manifest.normalized_hash()
             lock = Lockfile(digest).with_entries(list(entries.values()), digest)
             try:
-                written = write_lock(self.lock_path, lock)
+                with sigint_deferred():  # a Ctrl-C now waits for the lock of what was installed
+                    written = write_lock(self.lock_path, lock)
             except OSError as err:
                 raise InstallError(f"{filesystem_error(err, self.lock_path, 'write')} Every model that was "
                                    "installed is in place and verified; once the lock can be written, "
@@ -313,6 +324,8 @@ class Project:
         except OSError:
             pass  # only `cache prune` needs it
         result = SyncResult(plan, outcomes, lock, written, self.lock_path)
+        if interrupted:
+            return result  # the caller re-raises the KeyboardInterrupt
         failures = result.failures + [Failure("install records", str(self.records.root), e)
                                       for e in self.records.write_errors]
         if failures:
@@ -346,8 +359,13 @@ class Project:
                                      + f"\nFetch them with network access: modelsync sync --manifest {self.manifest_path}")
         write = not (locked or self.frozen)
         self._preflight(plan, write_lock=write)
-        outcomes = execute(plan, self._context())
-        self._convert(outcomes)
+        ctx = self._context()
+        try:
+            outcomes = execute(plan, ctx)
+            self._convert(outcomes)
+        except KeyboardInterrupt:
+            self._finish(plan, ctx.finished_outcomes(), write=write, interrupted=True)
+            raise
         return self._finish(plan, outcomes, write=write)
 
     def lock(self, *, upgrade: set[tuple[str, str]] | bool = False) -> SyncResult:
@@ -355,7 +373,12 @@ class Project:
         that is verified and discarded."""
         plan = self.plan(upgrade=upgrade)
         self._preflight(plan, write_lock=True, install=False)
-        outcomes = execute(plan, self._context(obtain_only=True))
+        ctx = self._context(obtain_only=True)
+        try:
+            outcomes = execute(plan, ctx)
+        except KeyboardInterrupt:
+            self._finish(plan, ctx.finished_outcomes(), interrupted=True)
+            raise
         self._convert(outcomes, place=False)
         return self._finish(plan, outcomes)
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .atomic import write_text_atomic
+from . import failpoints
+from .atomic import sigint_deferred, write_text_atomic
 from .digest import StatSig, current_sigs
 from .errors import InstallError, filesystem_error
 
@@ -183,16 +184,21 @@ class RecordStore:
             if outer:
                 with self._mutex:
                     pending, self._pending = self._pending or {}, None
-                for directory, changes in sorted(pending.items()):
-                    try:
-                        self._write(directory, changes)
-                    except InstallError as err:
-                        # Not raised from here: a Ctrl-C or another error may be on its way out, and
-                        # the caller still writes the lock for what was installed (write_errors).
-                        self.write_errors.append(err)
+                with sigint_deferred():  # a Ctrl-C now must not leave installed models unrecorded
+                    self._flush(pending)
+
+    def _flush(self, pending: dict[str, _Changes]) -> None:
+        for directory, changes in sorted(pending.items()):
+            try:
+                self._write(directory, changes)
+            except InstallError as err:
+                # Not raised from here: a Ctrl-C or another error may be on its way out, and
+                # the caller still writes the lock for what was installed (write_errors).
+                self.write_errors.append(err)
 
     def _write(self, directory: str, changes: _Changes) -> None:
         path = self._index_file(directory)
+        failpoints.hit("index")
         try:
             os.makedirs(self._dirs, exist_ok=True)
             with _locked(path + ".lock"):

@@ -1,0 +1,123 @@
+"""The CLI as a person runs it: on a real pseudo-terminal, with progress bars, colours and Ctrl-C.
+
+Ctrl-C is SIGINT to the terminal's foreground process group, as a keyboard sends it; the points
+"while the install records are written" and "while the lock is written" are reached with a failpoint
+that sends SIGINT to the process at exactly that step. After every interrupt: exit 130, no temp files
+anywhere, every installed model intact, and models.lock naming exactly what is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import sha256
+from ptyrun import run_on_pty
+
+PROC = "ocrd-x"
+SMALL = os.urandom(50_000)
+BIG = os.urandom(3_000_000)
+
+
+def _manifest(sandbox, server, names=("a-small.bin", "z-big.bin")) -> None:
+    server.add("/a-small.bin", SMALL)
+    server.add("/z-big.bin", BIG)
+    models = ", ".join(f'{{name = "{n}", url = "{server.url("/" + n)}"}}' for n in names)
+    sandbox.write_manifest(f"[settings]\nparallel = 1\n[processors]\n{PROC} = [{models}]\n")
+
+
+def _temp_files(sandbox) -> list[Path]:
+    return [p for p in sandbox.root.rglob(".modelsync-tmp-*")]
+
+
+def _locked(sandbox) -> dict[str, str]:
+    if not sandbox.lock.exists():
+        return {}
+    return {e["name"]: e["sha256"] for e in tomllib.loads(sandbox.lock.read_text()).get("resource", [])}
+
+
+def _installed(sandbox) -> dict[str, str]:
+    d = sandbox.data_dir(PROC)
+    return {p.name: sha256(p.read_bytes()) for p in d.iterdir()} if d.is_dir() else {}
+
+
+def _assert_consistent_after_interrupt(sandbox, r) -> None:
+    assert r.code == 130, r.text
+    assert "interrupted" in r.text and "Traceback" not in r.text and "unexpected" not in r.text, r.text
+    assert _temp_files(sandbox) == []
+    installed = _installed(sandbox)
+    assert installed == {k: v for k, v in {"a-small.bin": sha256(SMALL), "z-big.bin": sha256(BIG)}.items()
+                         if k in installed}, "an installed model is not exactly its bytes"
+    assert _locked(sandbox) == installed, "models.lock must name exactly what is installed"
+    assert r.raw.rfind(b"\x1b[?25h") >= r.raw.rfind(b"\x1b[?25l"), "the cursor was left hidden"
+
+
+@pytest.fixture
+def slow_server(server):
+    server.rate = 400_000  # bytes per second per response: the big model takes several seconds
+    return server
+
+
+def test_sync_on_a_terminal_draws_bars_and_restores_the_cursor(sandbox, slow_server):
+    _manifest(sandbox, slow_server)
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), columns=80)
+    assert r.code == 0, r.text
+    assert "━" in r.text and "MB" in r.text or "MiB" in r.text, r.text  # a bar with a byte count was drawn
+    assert "Traceback" not in r.text and "unexpected" not in r.text
+    assert r.raw.rfind(b"\x1b[?25h") > r.raw.rfind(b"\x1b[?25l"), "the cursor was left hidden"
+    assert _locked(sandbox) == _installed(sandbox) == {"a-small.bin": sha256(SMALL), "z-big.bin": sha256(BIG)}
+
+
+def test_ctrl_c_before_any_download_finishes(sandbox, slow_server):
+    _manifest(sandbox, slow_server, names=("z-big.bin",))
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), interrupt_after=1.0)
+    _assert_consistent_after_interrupt(sandbox, r)
+    assert _installed(sandbox) == {} and not sandbox.lock.exists()
+
+
+def test_ctrl_c_after_one_model_finished_locks_that_one(sandbox, slow_server):
+    _manifest(sandbox, slow_server)
+    # parallel = 1 and plan order: a-small.bin is done while z-big.bin is still coming.
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), interrupt_after=2.0)
+    _assert_consistent_after_interrupt(sandbox, r)
+    assert "a-small.bin" in _installed(sandbox) and "z-big.bin" not in _installed(sandbox)
+    again = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env())
+    assert again.code == 0, again.text
+    assert slow_server.count("/a-small.bin") == 1  # not fetched twice
+
+
+@pytest.mark.parametrize("point", ["index=1:int", "lock=1:int"])
+def test_ctrl_c_while_records_or_the_lock_are_written(sandbox, server, point):
+    _manifest(sandbox, server)
+    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": point}
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=env)
+    _assert_consistent_after_interrupt(sandbox, r)
+    assert set(_installed(sandbox)) == {"a-small.bin", "z-big.bin"}
+    again = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env())
+    assert again.code == 0 and "kept 2" in again.text, again.text
+    assert server.count("/z-big.bin") == 1
+
+
+def test_ctrl_c_during_an_update_keeps_the_old_model_and_its_lock(sandbox, slow_server):
+    _manifest(sandbox, slow_server, names=("z-big.bin",))
+    assert run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env()).code == 0
+    new = os.urandom(3_000_000)
+    slow_server.add("/z-big2.bin", new)
+    sandbox.write_manifest(sandbox.manifest.read_text().replace("/z-big.bin", "/z-big2.bin"))
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), interrupt_after=1.0)
+    assert r.code == 130, r.text
+    assert _installed(sandbox) == {"z-big.bin": sha256(BIG)} == _locked(sandbox)
+    assert _temp_files(sandbox) == []
+
+
+def test_plain_commands_on_a_terminal(sandbox, server):
+    _manifest(sandbox, server)
+    for args in (["sync"], ["lock"], ["sync", "--locked"], ["status"], ["plan"], ["verify"]):
+        for columns in (80, 120):
+            r = run_on_pty(args, cwd=sandbox.project, env=sandbox.env(), columns=columns)
+            assert r.code == 0, (args, r.text)
+            assert "Traceback" not in r.text and "unexpected" not in r.text, (args, r.text)
+            assert r.raw.rfind(b"\x1b[?25h") >= r.raw.rfind(b"\x1b[?25l"), (args, "cursor left hidden")
