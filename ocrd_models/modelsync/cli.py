@@ -27,6 +27,20 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"modelsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Declarative, lockfile-driven installer for OCR-D processor models."""
+
+
 ManifestOpt = Annotated[Path, typer.Option(
     "--manifest", "-m", envvar="MODELSYNC_MANIFEST", help="models.toml to use; models.lock is written beside it.",
     show_default=True)]
