@@ -9,6 +9,7 @@ anywhere, every installed model intact, and models.lock naming exactly what is i
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -121,3 +122,28 @@ def test_plain_commands_on_a_terminal(sandbox, server):
             assert r.code == 0, (args, r.text)
             assert "Traceback" not in r.text and "unexpected" not in r.text, (args, r.text)
             assert r.raw.rfind(b"\x1b[?25h") >= r.raw.rfind(b"\x1b[?25l"), (args, "cursor left hidden")
+
+
+SGR = re.compile(rb"\x1b\[[0-9;]*m")  # colour, bold, dim: Select Graphic Rendition
+
+
+def test_no_color_means_no_styling_at_all(sandbox, slow_server):
+    _manifest(sandbox, slow_server)
+    env = {**sandbox.env(), "NO_COLOR": "1"}
+    for args in (["sync"], ["status"], ["plan", "-v"], ["add", "ocrd-x", "nonexistent-model"]):
+        r = run_on_pty(args, cwd=sandbox.project, env=env, columns=100)
+        assert r.code in (0, 2), (args, r.text)
+        assert not SGR.search(r.raw), (args, r.raw[:400])
+
+
+def test_force_color_colours_a_pipe(sandbox):
+    import subprocess
+
+    from ptyrun import CLI
+
+    sandbox.write_manifest('[processors]\nocrd-x = [{name = "m.bin", url = "./missing.bin"}]\n')
+    plain = subprocess.run([CLI, "sync"], cwd=sandbox.project, env=sandbox.env(), capture_output=True)
+    forced = subprocess.run([CLI, "sync"], cwd=sandbox.project, env={**sandbox.env(), "FORCE_COLOR": "1"},
+                            capture_output=True)
+    assert plain.returncode == forced.returncode == 2
+    assert not SGR.search(plain.stderr) and SGR.search(forced.stderr), forced.stderr

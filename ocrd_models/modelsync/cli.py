@@ -96,7 +96,7 @@ def _progress(json_out: bool):
     from . import render
     from .settings import Environment
 
-    if sys.stderr.isatty() and not json_out and not Environment.from_os().is_ci and os.environ.get("TERM") != "dumb":
+    if sys.stderr.isatty() and render.styled(sys.stderr) and not json_out and not Environment.from_os().is_ci:
         bars = render.BarProgress()
         return bars, bars
     return render.PlainProgress(), nullcontext()

@@ -32,6 +32,22 @@ def escape_controls(text: str, *, newlines: bool = True) -> str:
     return pattern.sub(_escape_char, text) if pattern.search(text) else text
 
 
+def styled(stream) -> bool:
+    """Whether ``stream`` gets rich output (tables, colour, bars): a terminal, or any stream when
+    ``FORCE_COLOR`` is set (https://force-color.org); ``TERM=dumb`` gets plain text."""
+    import os
+
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def _no_color() -> bool:
+    import os
+
+    return bool(os.environ.get("NO_COLOR"))  # https://no-color.org: any non-empty value
+
+
 class _LazyConsole:
     """A rich Console made on first use; plain lines off a terminal skip rich altogether.
 
@@ -50,16 +66,19 @@ class _LazyConsole:
         if self._console is None:
             from rich.console import Console
 
-            # Off a terminal (pipes, CI logs, tests) tables must not be folded at 80 columns.
+            # Off a terminal (pipes, CI logs, tests) tables must not be folded at 80 columns. NO_COLOR
+            # means no escape sequences at all (rich's own no_color keeps bold and dim).
+            tty = self._stream.isatty()
             self._console = Console(stderr=self._stderr, soft_wrap=True, highlight=False,
-                                    width=None if self._stream.isatty() else 1000)
+                                    width=None if tty else 1000, force_terminal=styled(self._stream) or None,
+                                    **({"color_system": None} if _no_color() else {}))
         return self._console
 
     def print(self, *objects: Any, **kw: Any) -> None:
         """Like Console.print, with control characters in text escaped; an unstyled line of text off a
         terminal is written as is."""
         objects = tuple(escape_controls(o) if isinstance(o, str) else o for o in objects)
-        if kw.get("markup") is False and all(isinstance(o, str) for o in objects) and not self._stream.isatty() \
+        if kw.get("markup") is False and all(isinstance(o, str) for o in objects) and not styled(self._stream) \
                 and set(kw) <= {"markup", "highlight", "soft_wrap"}:
             self._stream.write(" ".join(objects) + "\n")
             self._stream.flush()
@@ -125,7 +144,7 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
     """A table on stdout: rich on a terminal, plain aligned columns in pipes, logs and for long lists."""
     columns = list(columns)
     rows = [["" if v is None else escape_controls(str(v), newlines=False) for v in r] for r in rows]
-    if not sys.stdout.isatty() or len(rows) > PLAIN_ABOVE:
+    if not styled(sys.stdout) or len(rows) > PLAIN_ABOVE:
         _plain_table(columns, rows)
         return
     from rich.table import Table
@@ -142,7 +161,7 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
 
 def warn(message: str) -> None:
     """A warning line on stderr (coloured on a terminal)."""
-    if not sys.stderr.isatty():
+    if not styled(sys.stderr) or _no_color():
         err.print(f"warning: {message}", markup=False, highlight=False)
         return
     err.print("[yellow]warning:[/yellow] ", end="", markup=True)
@@ -151,7 +170,7 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     """An error paragraph on stderr (coloured on a terminal)."""
-    if not sys.stderr.isatty():
+    if not styled(sys.stderr) or _no_color():
         err.print(f"error: {message}", markup=False, highlight=False)
         return
     err.print("[bold red]error:[/bold red] ", end="", markup=True)
