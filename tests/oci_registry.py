@@ -66,6 +66,7 @@ class TokenServer:
         self.cert_pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         self._der = self.cert.public_bytes(serialization.Encoding.DER)
         self.requests: list[str] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of each request, in order
         self.port = free_port()
         outer = self
 
@@ -75,6 +76,7 @@ class TokenServer:
 
             def do_GET(self):
                 outer.requests.append(self.path)
+                outer.authorizations.append(self.headers.get("Authorization"))
                 query = parse_qs(urlsplit(self.path).query)
                 user = outer._user(self.headers.get("Authorization"))
                 if user is False:
@@ -95,7 +97,12 @@ class TokenServer:
 
     @property
     def realm(self) -> str:
+        """The token endpoint: another origin than the registry's (as gitlab.com is for registry.gitlab.com)."""
         return f"http://127.0.0.1:{self.port}/token"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     def _user(self, header: str | None):
         """The authenticated user, None for anonymous, False for wrong credentials."""

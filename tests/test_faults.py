@@ -279,20 +279,18 @@ def _auth_headers(server, path: str) -> list[str | None]:
     return [h.get("Authorization") for p, h in server.headers_seen if p.split("?")[0] == path]
 
 
-def test_token_from_env_is_sent_to_its_host_only_and_never_printed_or_locked(sandbox, server):
+def test_token_from_env_is_sent_to_its_origin_only_and_never_printed_or_locked(sandbox, server):
     other = FileServer().start()
     try:
+        # The same host on another port is another origin: the redirect there must not carry the token.
         target = other.add("/final", BLOB)
         server.faults["/m"] = Fault(redirect_to=target)
-        sandbox.monkeypatch.setenv("MODELSYNC_TOKENS", f"127.0.0.1={TOKEN}")
-        # Same IP, other port: requests would call that the same host; use a name for the second one.
-        target_by_name = target.replace("127.0.0.1", "localhost")
-        server.faults["/m"] = Fault(redirect_to=target_by_name)
+        sandbox.monkeypatch.setenv("MODELSYNC_TOKENS", f"127.0.0.1:{server.httpd.server_address[1]}={TOKEN}")
         _one(sandbox, server.url("/m"))
         r = sandbox.run("sync", "-j", "1")
         assert r.code == 0, r.err
         assert _auth_headers(server, "/m") == [f"Bearer {TOKEN}"]
-        assert _auth_headers(other, "/final") == [None]  # not sent to another host after a redirect
+        assert _auth_headers(other, "/final") == [None]  # not sent to another origin after a redirect
         assert TOKEN not in r.out + r.err
         assert TOKEN not in sandbox.lock.read_text()
     finally:
@@ -303,12 +301,13 @@ def test_credentials_file_and_netrc(sandbox, server):
     url = server.add("/m", BLOB)
     cfg = sandbox.config / "ocrd-modelsync" / "credentials.toml"
     cfg.parent.mkdir(parents=True)
-    cfg.write_text(f'["127.0.0.1"]\ntoken = "{TOKEN}"\n')
+    port = server.httpd.server_address[1]
+    cfg.write_text(f'["127.0.0.1:{port}"]\ntoken = "{TOKEN}"\n')  # keys name the origin: host and port
     _one(sandbox, url)
     assert sandbox.run("sync").code == 0
     assert _auth_headers(server, "/m") == [f"Bearer {TOKEN}"]
     cfg.unlink()
-    (sandbox.home / ".netrc").write_text("machine 127.0.0.1 login alice password s3cret-pass\n")
+    (sandbox.home / ".netrc").write_text(f"machine 127.0.0.1:{port} login alice password s3cret-pass\n")
     os.chmod(sandbox.home / ".netrc", 0o600)
     (sandbox.data_dir(PROC) / NAME).unlink()
     import shutil

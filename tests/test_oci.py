@@ -224,6 +224,13 @@ def test_bearer_token_flow(sandbox, server, registries):
     _project(sandbox, server)
     installed = tree_files(sandbox.data_dir(PROC))
     ref = f"{reg.host}/ocr/models:v1"
+    # The token service is another origin (another port): it gets the registry's login only once the
+    # user says it belongs to the registry.
+    _docker_login(sandbox.home, reg.host, "ci", "push-secret")
+    untrusted = sandbox.run("push", ref)
+    assert untrusted.code == 3 and "MODELSYNC_REGISTRY_REALMS" in untrusted.err and reg.token.host in untrusted.err
+    assert reg.token.authorizations and set(reg.token.authorizations) == {None}
+    sandbox.monkeypatch.setenv("MODELSYNC_REGISTRY_REALMS", reg.token.host)
     _docker_login(sandbox.home, reg.host, "reader", "read-secret")
     readonly = sandbox.run("push", ref)  # a token without push rights
     assert readonly.code == 3 and "refused access" in readonly.err and "read-secret" not in readonly.err

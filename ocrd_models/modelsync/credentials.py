@@ -1,34 +1,49 @@
-"""Credentials per host, from three places; never printed, never written to a lock.
+"""Credentials per origin, from three places; never printed, never written to a lock.
 
-Sources, first match wins for a host:
+Sources, first match wins for an origin:
 
-1. ``$MODELSYNC_TOKENS``: whitespace-separated ``host=token`` pairs (sent as ``Authorization: Bearer``);
+1. ``$MODELSYNC_TOKENS``: whitespace-separated ``host=token`` or ``host:port=token`` pairs (sent
+   as ``Authorization: Bearer``);
 2. ``$XDG_CONFIG_HOME/ocrd-modelsync/credentials.toml``::
 
        ["huggingface.co"]
        token = "hf_..."              # Authorization: Bearer
-       ["models.example.org"]
+       ["models.example.org:8443"]
        username = "me"               # HTTP basic auth
        password = "..."
 
-3. ``~/.netrc`` (or ``$NETRC``): ``machine HOST login USER password PASS`` (basic auth).
+3. ``~/.netrc`` (or ``$NETRC``): ``machine HOST login USER password PASS`` (basic auth; its
+   ``default`` entry is ignored: it would name every host).
 
-Credentials are attached only to requests whose host is the credential's host: a redirect
-to another host never carries them.
+A key is ``host`` or ``host:port`` (an IPv6 address in brackets). An origin is scheme, host and
+port: a key with a port is for that port only; a key without one is for the scheme's default
+port (443 for https, 80 for http). Credentials are attached only to requests whose origin is
+the credential's: a redirect to another host, or to the same host on another port, never
+carries them. They never travel over plain HTTP, except to hosts the user allowed
+(``[settings] allow_http``) and to loopback addresses (127.0.0.0/8, ::1, ``localhost``), whose
+bytes never leave the machine.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import netrc
 import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .errors import UserInputError
 from .settings import Environment
+
+Origin = tuple[str, str, int]  # scheme, host (lower case, IPv6 without brackets), port
+Key = tuple[str | None, str, int | None]  # an origin; None: any scheme / the scheme's default port
+DEFAULT_PORTS = {"https": 443, "http": 80}
+T = TypeVar("T")
 
 # Query parameters that carry secrets in signed or tokenized URLs (S3, GCS, Azure, generic).
 SECRET_PARAMS = {
@@ -69,21 +84,104 @@ def _plain_http_url(url: str) -> bool:
     return bool(name) and host == host.lower()
 
 
+def origin(url: str) -> Origin | None:
+    """Scheme, host and port of an http(s) URL (the default port filled in); None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in range
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), DEFAULT_PORTS[scheme] if port is None else port
+
+
+def origin_text(o: Origin) -> str:
+    """``scheme://host[:port]`` as a person writes it (the default port left out)."""
+    scheme, host, port = o
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + ("" if port == DEFAULT_PORTS[scheme] else f":{port}")
+
+
+_KEY = re.compile(r"^(?P<host>\[[0-9a-f:.]+\]|[^\[\]:/@?#\s\\]+)(?::(?P<port>\d{1,5}))?$")
+
+
+def parse_key(key: str) -> Key | None:
+    """``host`` or ``host:port`` (IPv6 in brackets) as a :data:`Key` for any scheme; None if it is neither."""
+    m = _KEY.match(key.strip().lower())
+    if not m:
+        return None
+    port = int(m["port"]) if m["port"] else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return None, m["host"].strip("[]"), port
+
+
+def lookup(table: dict[Key, T], o: Origin) -> T | None:
+    """The entry of ``table`` for origin ``o``: exact, then any scheme on that port, then a key without a
+    port when ``o`` is on its scheme's default port."""
+    scheme, host, port = o
+    for key in ((scheme, host, port), (None, host, port)):
+        if key in table:
+            return table[key]
+    return table.get((None, host, None)) if port == DEFAULT_PORTS[scheme] else None
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and ``localhost``: bytes sent there never leave the machine."""
+    host = host.lower().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_allowed(host: str, port: int, allow_http: frozenset[str]) -> bool:
+    """Whether ``host:port`` may be spoken to in plain HTTP with credentials: loopback, or allowed by the user
+    (``[settings] allow_http`` names ``host`` or ``host:port``)."""
+    if is_loopback(host):
+        return True
+    names = {host, f"{host}:{port}", f"[{host}]", f"[{host}]:{port}"}
+    return any(a.strip().lower() in names for a in allow_http)
+
+
+def may_carry_credentials(o: Origin, allow_http: frozenset[str]) -> bool:
+    """Credentials travel over https, and over plain http only where :func:`plain_http_allowed` says so."""
+    return o[0] == "https" or plain_http_allowed(o[1], o[2], allow_http)
+
+
+_TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: a header value that cannot split a request
+
+
+def valid_token(value: object) -> bool:
+    """A usable bearer token: a non-empty string of visible ASCII characters."""
+    return isinstance(value, str) and bool(_TOKEN_CHARS.match(value))
+
+
 @dataclass
 class Credentials:
-    """Authorization headers by host."""
+    """Authorization headers by origin (see the module docstring for keys and the plain-HTTP rule)."""
 
-    headers: dict[str, str] = field(default_factory=dict)  # host -> Authorization value
+    headers: dict[Key, str] = field(default_factory=dict)  # key -> Authorization value
+    allow_http: frozenset[str] = frozenset()  # hosts whose plain HTTP may carry credentials
 
     @classmethod
-    def load(cls, env: Environment) -> "Credentials":
-        """Collect credentials from the environment, the settings file and netrc (in that precedence)."""
-        creds = cls()
+    def load(cls, env: Environment, allow_http: frozenset[str] = frozenset()) -> "Credentials":
+        """Collect credentials from the environment, the settings file and netrc (in that precedence).
+
+        Raises UserInputError for a key of ours that is neither ``host`` nor ``host:port``.
+        """
+        creds = cls(allow_http=frozenset(allow_http))
         netrc_path = Path(env.get("NETRC") or env.home / ".netrc")
         try:
             parsed = netrc.netrc(str(netrc_path))
             for host, (login, _, password) in parsed.hosts.items():
-                creds._basic(host, login or "", password or "")
+                key = parse_key(host)
+                if key is not None and host != "default":  # netrc is shared with other tools: skip what we cannot use
+                    creds._basic(key, login or "", password or "")
         except (FileNotFoundError, netrc.NetrcParseError, OSError):
             pass
         cfg = env.xdg_config_home / "ocrd-modelsync" / "credentials.toml"
@@ -92,30 +190,56 @@ class Credentials:
         except (OSError, tomllib.TOMLDecodeError):
             data = {}
         for host, item in data.items():
-            if isinstance(item, dict) and item.get("token"):
-                creds.headers[host.lower()] = f"Bearer {item['token']}"
-            elif isinstance(item, dict) and item.get("username") is not None:
-                creds._basic(host, str(item["username"]), str(item.get("password", "")))
+            if not isinstance(item, dict):
+                continue
+            key = _our_key(host, str(cfg))
+            if item.get("token"):
+                creds.headers[key] = _bearer(item["token"], f"the token of [{host!r}] in {cfg}")
+            elif item.get("username") is not None:
+                creds._basic(key, str(item["username"]), str(item.get("password", "")))
         for pair in (env.get("MODELSYNC_TOKENS") or "").split():
             host, sep, token = pair.partition("=")
             if sep and host and token:
-                creds.headers[host.lower()] = f"Bearer {token}"
+                creds.headers[_our_key(host, "MODELSYNC_TOKENS")] = _bearer(token, f"the token for {host!r} in "
+                                                                                   "MODELSYNC_TOKENS")
         return creds
 
-    def _basic(self, host: str, user: str, password: str) -> None:
+    def _basic(self, key: Key, user: str, password: str) -> None:
         raw = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self.headers[host.lower()] = f"Basic {raw}"
+        self.headers[key] = f"Basic {raw}"
+
+    def with_origin(self, o: Origin, value: str, allow_http: frozenset[str] = frozenset()) -> "Credentials":
+        """A copy that also sends ``value`` to exactly the origin ``o`` (and allows ``allow_http`` too)."""
+        return Credentials({**self.headers, o: value}, self.allow_http | allow_http)
 
     def for_url(self, url: str) -> dict[str, str]:
-        """The Authorization header for ``url``'s host (user info in the URL itself counts too)."""
+        """The Authorization header for ``url``'s origin (user info in the URL itself counts too)."""
+        o = origin(url)
+        if o is None or not may_carry_credentials(o, self.allow_http):
+            return {}
         parts = urlsplit(url)
         if parts.username is not None:
             from urllib.parse import unquote
 
             raw = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
             return {"Authorization": f"Basic {raw}"}
-        value = self.headers.get((parts.hostname or "").lower())
+        value = lookup(self.headers, o)
         return {"Authorization": value} if value else {}
+
+
+def _our_key(text: str, where: str) -> Key:
+    key = parse_key(text)
+    if key is None:
+        raise UserInputError(f"{text!r} in {where} is not a credentials key: write HOST or HOST:PORT "
+                             "(e.g. huggingface.co or models.example.org:8443; an IPv6 address in brackets). A key "
+                             "without a port is for https on port 443.")
+    return key
+
+
+def _bearer(token: object, what: str) -> str:
+    if isinstance(token, str) and valid_token(token):
+        return f"Bearer {token}"
+    raise UserInputError(f"{what} is not a token: it must be a string of visible ASCII characters without spaces")
 
 
 _USERINFO = re.compile(r"(https?://)[^/@\s]+@")

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .credentials import Credentials
 from .errors import NetworkError, OfflineMissing
 from .fetch import Fetched, NetConfig, fetch
 from .oci import RegistryAuthError, RegistryClient
@@ -39,11 +38,12 @@ class RegistrySource:
             if not self.client.has_blob(digest):
                 self.missing.append(what)
                 return None
-            # The token (if any) goes to the registry host only; a redirect to its storage never carries it.
-            creds = Credentials({**net.credentials.headers})
+            # The token (if any) goes to the registry's origin only: a redirect to its storage, even on the
+            # same host name and another port, never carries it. Plain HTTP to the registry carries it only
+            # where the client speaks plain HTTP at all (loopback, or allowed by the user).
             header = self.client.auth_header().get("Authorization")
-            if header:
-                creds.headers[self.client.ref.hostname] = header
+            creds = net.credentials.with_origin(self.client.origin, header, net.allow_http | self.client.allow_http) \
+                if header else replace(net.credentials, allow_http=net.credentials.allow_http | net.allow_http)
             got = fetch(self.client.blob_url(digest), directory, expected_sha256=sha256, progress=progress,
                         on_total=on_total, what=f"{what} (from registry {self.client.ref.host})",
                         net=replace(net, credentials=creds))
