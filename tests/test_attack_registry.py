@@ -482,6 +482,19 @@ def test_a_credentials_file_entry_with_a_port_is_for_that_origin_only(sandbox, s
     assert outside.unchanged("project/models.lock")
 
 
+def test_a_download_over_plain_http_to_a_remote_host_carries_no_credentials(sandbox, server, hosts):
+    """Plain HTTP to another machine is readable on the way: a token for that host is not sent there."""
+    proxy = hosts(Host(lambda seen: Reply(200, {}, BLOB)))  # stands in for http://auth.registry.test
+    _env(sandbox, HTTP_PROXY=proxy.origin, NO_PROXY="127.0.0.1,localhost",
+         MODELSYNC_TOKENS=f"{FAR_HOST}={TOKEN} {FAR_HOST}:80={TOKEN}")
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "http://{FAR_HOST}/m" }}]\n')
+    outside = Outside(sandbox)
+    r = sandbox.run("sync")
+    _clean_exit(r, 0)
+    assert [s.target for s in proxy.seen] == [f"http://{FAR_HOST}/m"] and _leaks(proxy) == []
+    assert _installed(sandbox) == BLOB and outside.unchanged("project/models.lock")
+
+
 def test_a_malformed_credentials_key_is_a_clear_user_error(sandbox, server):
     cfg = sandbox.config / "ocrd-modelsync" / "credentials.toml"
     cfg.parent.mkdir(parents=True)
