@@ -276,7 +276,8 @@ class Project:
             max_retry_time=pick("MODELSYNC_RETRY_MAX_TIME", n.max_retry_time),
             connect_timeout=pick("MODELSYNC_CONNECT_TIMEOUT", n.connect_timeout),
             read_timeout=pick("MODELSYNC_READ_TIMEOUT", n.read_timeout),
-            allow_http=frozenset(self.settings.allow_http), credentials=Credentials.load(self.env),
+            allow_http=frozenset(self.settings.allow_http),
+            credentials=Credentials.load(self.env, frozenset(self.settings.allow_http)),
         )
 
     def _context(self, *, obtain_only: bool = False) -> ExecContext:
