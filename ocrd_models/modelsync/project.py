@@ -122,8 +122,10 @@ class Project:
 
     @cached_property
     def lockfile(self) -> Lockfile | None:
-        """The current lock, or None."""
-        return load_lock(self.lock_path)
+        """The current lock, or None. A lock is input like models.toml: checked the same way, and a
+        machine path in it must be a location models.toml declares (none without a models.toml)."""
+        declared = self.manifest.declared_locations() if self.manifest_path.exists() else None
+        return load_lock(self.lock_path, declared)
 
     @cached_property
     def registry(self) -> Registry:
