@@ -92,6 +92,15 @@ def test_a_hostile_lock_is_refused_before_anything_is_fetched_or_written(sandbox
     url = _benign_manifest(sandbox, server)
     archive = server.add("/m.tar.gz", ARCHIVE)
     sandbox.lock.write_text(_lock_text(**_fill(fields, outside, url, archive)))
+    if field_name == "location" and command != ("sync", "--frozen"):
+        # models.toml decides what is installed: an entry at a location it does not declare is stale,
+        # left out (never a target), whatever the command.
+        before_outside = _snapshot(outside)
+        r = sandbox.run(*command)
+        assert r.code in (0, 5), (r.code, r.err)  # 5: --locked, the lock lacks the declared model
+        assert _snapshot(outside) == before_outside and not list(Path(sandbox.home).glob("stolen*"))
+        assert "Traceback" not in r.err
+        return
     before = _snapshot(sandbox.root)
     r = sandbox.run(*command)
     assert r.code == 2, (r.code, r.err)
@@ -317,15 +326,30 @@ def test_a_lock_checked_before_is_checked_again_against_todays_models_toml(sandb
     assert list(sandbox.cache.rglob("validated/*.json")), "the marker this test is about was not written"
     sandbox.write_manifest(f'[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}" }}]\n')
     before = _snapshot(sandbox.root)
-    for command in (("status",), ("sync", "--frozen")):
-        r = sandbox.run(*command)
-        assert r.code == 2 and "field 'location'" in r.err and "does not declare" in r.err, (command, r.err)
+    r = sandbox.run("sync", "--frozen")
+    assert r.code == 2 and "field 'location'" in r.err and "does not declare" in r.err, r.err
     assert _snapshot(sandbox.root) == before
     assert server.requests == []
+    # Without --frozen the entries are stale instead: models.toml decides, nothing lands outside.
+    outside_before = _snapshot(outside)
+    r = sandbox.run("status")
+    assert r.code == 0 and str(outside) not in r.out, r.out
+    assert _snapshot(outside) == outside_before
 
 
-@pytest.mark.xfail(strict=True, reason="needs cache.py: Cache.referenced() to read lockfile.lock_digests(path), "
-                                       "which keeps a lock's digests whatever models.toml declares")
+def test_moving_a_declared_location_never_locks_the_project_out(sandbox, server, outside):
+    url = server.add("/m.bin", BLOB)
+    text = '[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}", location = "{loc}" }}]\n'
+    sandbox.write_manifest(text.format(url=url, loc=f"{outside}/a"))
+    assert sandbox.run("sync").code == 0
+    sandbox.write_manifest(text.format(url=url, loc=f"{outside}/b"))
+    for command in (("status",), ("plan",), ("lock",), ("sync",)):
+        r = sandbox.run(*command)
+        assert r.code == 0, (command, r.err)
+    assert (outside / "b" / "m.bin").read_bytes() == BLOB
+    assert f"{outside}/b" in sandbox.lock.read_text() and f"{outside}/a" not in sandbox.lock.read_text()
+
+
 def test_cache_prune_keeps_the_blobs_of_a_lock_with_a_declared_machine_path(sandbox, server, outside):
     url = server.add("/m.bin", BLOB)
     sandbox.write_manifest(f'[settings]\nlocation = "{outside}/models"\n'

@@ -703,3 +703,17 @@ def test_random_registry_and_token_replies_never_crash_nor_leak(sandbox, server,
             assert _installed(sandbox) in (None, BLOB)
 
     run()
+
+
+def test_a_broken_credentials_file_is_named_not_ignored(sandbox):
+    """A credentials.toml that is not TOML, not UTF-8, or a parser bomb is the user's to fix: exit 2
+    naming it (ignoring it would only fail later at the server, with no hint why; a bomb would hang)."""
+    cfg = sandbox.config / "ocrd-modelsync" / "credentials.toml"
+    cfg.parent.mkdir(parents=True)
+    sandbox.write_manifest('[processors]\nocrd-x = [{name = "m.bin", url = "http://127.0.0.1:9/m.bin"}]\n')
+    for content in (b'["host"\ntoken = 1', b"\xff\xfe not utf-8", b"a" + b".a" * 60_000 + b" = 1\n",
+                    b"x = " + b"[" * 500 + b"]" * 500 + b"\n"):
+        cfg.write_bytes(content)
+        r = sandbox.run("sync")
+        assert r.code == 2, (content[:20], r.err)
+        assert str(cfg) in r.err and "Traceback" not in r.err, r.err

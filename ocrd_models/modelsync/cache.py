@@ -183,16 +183,14 @@ class Cache:
     def referenced(self) -> set[str]:
         """Every sha256 and tree digest that a known lock on this machine names."""
         from .errors import LockfileError
-        from .lockfile import load_lock
+        from .lockfile import lock_digests
 
         keys: set[str] = set()
         for path in self.known_locks():
             try:
-                lock = load_lock(path)
+                keys |= lock_digests(path)  # leniently: whatever models.toml beside it declares
             except LockfileError:
                 continue  # a broken lock protects nothing; it will be rewritten by its project
-            for e in lock.entries if lock else ():
-                keys.update(k for k in (e.sha256, e.installed_sha256) if k)
         return keys
 
     # -- maintenance -------------------------------------------------------------------

@@ -30,7 +30,6 @@ import base64
 import ipaddress
 import netrc
 import re
-import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -185,10 +184,7 @@ class Credentials:
         except (FileNotFoundError, netrc.NetrcParseError, OSError):
             pass
         cfg = env.xdg_config_home / "ocrd-modelsync" / "credentials.toml"
-        try:
-            data = tomllib.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
-            data = {}
+        data = _read_config(cfg)
         for host, item in data.items():
             if not isinstance(item, dict):
                 continue
@@ -240,6 +236,23 @@ def _bearer(token: object, what: str) -> str:
     if isinstance(token, str) and valid_token(token):
         return f"Bearer {token}"
     raise UserInputError(f"{what} is not a token: it must be a string of visible ASCII characters without spaces")
+
+
+def _read_config(cfg: Path) -> dict:
+    """credentials.toml as data ({} when there is none). A file that is there but unreadable or not
+    TOML is the user's to fix (exit 2, naming it): ignoring it would only fail later, at the server,
+    with no hint why. Read bounded and pre-scanned like models.toml."""
+    from .errors import UserInputError
+    from .manifest import parse_toml, read_toml_text
+
+    try:
+        text = read_toml_text(cfg, UserInputError)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserInputError(f"cannot read {cfg}: {err}. Fix the file (or remove it) and run the command "
+                             "again.") from None
+    return parse_toml(text, cfg, UserInputError)
 
 
 _USERINFO = re.compile(r"(https?://)[^/@\s]+@")

@@ -173,17 +173,20 @@ def machine_path_kind(location: str) -> str | None:
     return None
 
 
-def _check_machine_paths(entries: list[LockEntry], path: Path, declared: frozenset[str] | None) -> None:
+def _check_machine_paths(entries: list[LockEntry], path: Path, declared: frozenset[str] | None,
+                         drop: bool) -> list[LockEntry]:
     """Refuse a machine path in the lock unless models.toml declares exactly that location: modelsync
     writes one only where models.toml declared it, so any other was put there by hand or by someone else.
-    Each distinct location is judged once (a 10 000-entry lock has a handful)."""
-    seen: set[str] = set()
+    With ``drop``, such entries are left out instead (models.toml decides what is wanted: a location it no
+    longer declares makes its entries stale, never a target). Each distinct location is judged once (a
+    10 000-entry lock has a handful)."""
+    allowed: dict[str, bool] = {}
     for i, e in enumerate(entries):
-        if e.location in seen:
+        if e.location in allowed:
             continue
-        seen.add(e.location)
         kind = machine_path_kind(e.location)
-        if kind is None or (declared is not None and e.location in declared):
+        allowed[e.location] = kind is None or (declared is not None and e.location in declared)
+        if allowed[e.location] or drop:
             continue
         why = ("there is no models.toml beside it to declare it" if declared is None
                else "models.toml does not declare it")
@@ -192,14 +195,17 @@ def _check_machine_paths(entries: list[LockEntry], path: Path, declared: frozens
             "a machine path only where models.toml names that location (a model's location, [settings] location "
             "or [settings.locations]): declare it there, or restore models.lock from version control, or delete "
             "it and run `modelsync lock`.")
+    return [e for e in entries if allowed[e.location]] if drop else entries
 
 
-def parse_lock(text: str, path: Path, declared_locations: frozenset[str] | None = None) -> Lockfile:
+def parse_lock(text: str, path: Path, declared_locations: frozenset[str] | None = None, *,
+               drop_undeclared: bool = False) -> Lockfile:
     """Validate lock text; raise :class:`LockfileError` naming the file, the entry and the field.
 
     ``declared_locations``: the locations this project's models.toml declares
     (:meth:`Manifest.declared_locations`), None when there is no models.toml. A lock entry may hold a
-    machine path (absolute, ``~/``, or leaving the project) only when it is one of them.
+    machine path (absolute, ``~/``, or leaving the project) only when it is one of them; others are
+    refused, or with ``drop_undeclared`` left out (when models.toml, not the lock, decides what to install).
     """
     data = parse_toml(text, path, LockfileError)
     version = data.get("version")
@@ -230,14 +236,15 @@ def parse_lock(text: str, path: Path, declared_locations: frozenset[str] | None 
             keys.add(e.key)
         if seen is not None:
             remember_validated(seen, {})
-    _check_machine_paths(entries, path, declared_locations)
+    entries = _check_machine_paths(entries, path, declared_locations, drop_undeclared)
     return Lockfile(manifest_hash=mh, entries=tuple(sorted(entries, key=lambda e: e.key)))
 
 
-def load_lock(path: Path, declared_locations: frozenset[str] | None = None) -> Lockfile | None:
+def load_lock(path: Path, declared_locations: frozenset[str] | None = None, *,
+              drop_undeclared: bool = False) -> Lockfile | None:
     """Read and check a lock (see :func:`parse_lock`); None when it does not exist."""
     text = _read(path)
-    return None if text is None else parse_lock(text, path, declared_locations)
+    return None if text is None else parse_lock(text, path, declared_locations, drop_undeclared=drop_undeclared)
 
 
 def lock_digests(path: Path) -> set[str]:

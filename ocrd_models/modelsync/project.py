@@ -123,9 +123,11 @@ class Project:
     @cached_property
     def lockfile(self) -> Lockfile | None:
         """The current lock, or None. A lock is input like models.toml: checked the same way, and a
-        machine path in it must be a location models.toml declares (none without a models.toml)."""
+        machine path in it must be a location models.toml declares (none without a models.toml). Unless
+        --frozen makes the lock the authority, entries at a location models.toml no longer declares are
+        stale: left out, so that changing a location in models.toml never locks the project out."""
         declared = self.manifest.declared_locations() if self.manifest_path.exists() else None
-        return load_lock(self.lock_path, declared)
+        return load_lock(self.lock_path, declared, drop_undeclared=not self.frozen and declared is not None)
 
     @cached_property
     def registry(self) -> Registry:
