@@ -636,6 +636,7 @@ def main() -> None:
     from .settings import Environment
 
     manifest_module.PARSE_CACHE_DIR = Environment.from_os().cache_dir
+    manifest_module.discard_validated()  # notes of an earlier run in this process (library use, tests)
     try:
         code = app(standalone_mode=False)
     except ModelsyncError as err:

@@ -500,6 +500,11 @@ def parse_manifest(text: str, path: Path) -> Manifest:
 _PENDING: dict[Path, dict[str, Any]] = {}
 
 
+def discard_validated() -> None:
+    """Forget the notes of :func:`remember_validated` (a command failed: nothing of it is stored)."""
+    _PENDING.clear()
+
+
 def flush_validated() -> None:
     """Store what a command that succeeded parsed (large TOML texts) and validated (manifests, locks)."""
     while _PENDING:
