@@ -1,4 +1,5 @@
-"""A real HTTP(S) server on 127.0.0.1 for tests: serves in-memory files, supports Range, injects faults."""
+"""Real servers on 127.0.0.1 for tests: FileServer serves in-memory files (Range, injected faults);
+RawServer answers each request with exactly the bytes a test writes (malformed, slow, cut short)."""
 
 from __future__ import annotations
 
@@ -195,3 +196,127 @@ class FileServer:
         """Stop and close the socket."""
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+RESET = object()  # a RawServer piece: abort the connection with an RST ("connection reset by peer")
+
+
+@dataclass
+class RawRequest:
+    """One request a RawServer received: its number, request line and headers (lower-case names)."""
+
+    index: int
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 answering each HTTP request with exactly the bytes a test chooses.
+
+    ``respond(request)`` returns an iterable of pieces: ``bytes`` are sent as they are (malformed
+    status lines and headers included), a ``float`` sleeps that many seconds, :data:`RESET` aborts
+    the connection with an RST. The connection is closed after the last piece: one request per
+    connection. ``requests`` records every request, in order of arrival. With ``read_request=False``
+    the server answers as soon as a client connects, reading nothing (for a TLS client's handshake:
+    the request then has an empty method, target and headers).
+    """
+
+    def __init__(self, respond, read_request: bool = True) -> None:
+        self.respond = respond
+        self.read_request = read_request
+        self.requests: list[RawRequest] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def base(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def url(self, path: str) -> str:
+        """Absolute URL of a path on this server."""
+        return self.base + path
+
+    def start(self) -> "RawServer":
+        """Start accepting connections in a background thread."""
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket (connections in progress end on their own)."""
+        self._stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _read_head(self, conn: socket.socket) -> bytes | None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            try:
+                got = conn.recv(65536)
+            except OSError:
+                return None
+            if not got:
+                return None
+            data += got
+        return data.split(b"\r\n\r\n", 1)[0]
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            head = self._read_head(conn) if self.read_request else b" "
+            if head is None:
+                return
+            line, *fields = head.decode("latin-1").split("\r\n")
+            method, target = (line.split(" ") + ["", ""])[:2]
+            headers = {}
+            for f in fields:
+                name, _, value = f.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            with self._lock:
+                req = RawRequest(len(self.requests), method, target, headers)
+                self.requests.append(req)
+            for piece in self.respond(req):
+                if self._stopped.is_set():
+                    return
+                if piece is RESET:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                if isinstance(piece, (int, float)):
+                    time.sleep(piece)
+                else:
+                    conn.sendall(piece)
+        except OSError:
+            pass  # the client went away: expected when it cuts a response short
+        finally:
+            conn.close()
+
+
+def http_head(status: str | int, headers: dict[str, str | int] | list[tuple[str, str]] | None = None) -> bytes:
+    """A response head for RawServer: ``HTTP/1.1 <status>`` (an int gets a reason phrase), the headers,
+    ``Connection: close`` unless given, and the blank line; encoded as UTF-8."""
+    if isinstance(status, int):
+        from http import HTTPStatus
+
+        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Unknown"
+        line = f"HTTP/1.1 {status} {reason}"
+    else:
+        line = status
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    if not any(k.lower() == "connection" for k, _ in items):
+        items.append(("Connection", "close"))
+    text = line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in items) + "\r\n"
+    return text.encode("utf-8")  # a test may send non-ASCII bytes, as broken servers do
