@@ -363,7 +363,7 @@ def test_a_healthy_slow_download_is_never_cut_even_past_max_retry_time(sandbox, 
         blob = os.urandom(100_000)
         url = srv.add("/m", blob)
         sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-        _manifest(sandbox, url, "read_timeout = 1\nmax_retry_time = 1")
+        _manifest(sandbox, url, "read_timeout = 2\nmax_retry_time = 1")
         before = _snapshot(sandbox.root)
         r = _cli(sandbox, "sync", timeout=60)
         assert r.returncode == 0, r.stderr
