@@ -1,0 +1,591 @@
+"""Hostile archives from outside (issue 13): link chains past PATH_MAX, links through links,
+hardlinks to what is not an earlier regular file, bombs, in-archive conflicts, a full disk.
+
+Every archive is built byte by byte here (tar headers written by hand). Every attack runs the
+real CLI against a FileServer on 127.0.0.1 and asserts the exit code, that nothing changed in
+the sandbox outside our own cache/state (an ``outside`` canary dir with a root-only secret sits
+next to the location dirs), and that the cache's temp dir holds no leftovers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+PROC = "ocrd-calamari-recognize"
+SECRET = b"root-only secret\n"
+
+# -- a tar writer, by hand ---------------------------------------------------------------------
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:  # the length counts its own digits
+        n += 1
+    return str(n).encode() + body
+
+
+def _ustar(name: str, kind: bytes, size: int, link: str, mode: int) -> bytes:
+    h = bytearray(512)
+    h[0:100] = name.encode()[:100].ljust(100, b"\0")
+    h[100:108] = b"%07o\0" % mode
+    h[108:116] = h[116:124] = b"0000000\0"  # uid, gid
+    h[124:136] = b"%011o\0" % size
+    h[136:148] = b"00000000000\0"  # mtime
+    h[148:156] = b" " * 8  # the checksum counts itself as spaces
+    h[156:157] = kind
+    h[157:257] = link.encode()[:100].ljust(100, b"\0")
+    h[257:265] = b"ustar\x0000"
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 512)
+
+
+def header(name: str, kind: bytes = b"0", size: int = 0, link: str = "", mode: int = 0o644) -> bytes:
+    """One member's header; a PAX record first when the name or link does not fit ustar's 100 bytes."""
+    records = b"".join(_pax_record(k, v) for k, v in (("path", name), ("linkpath", link)) if len(v.encode()) > 100)
+    pax = _ustar("././@PaxHeader", b"x", len(records), "", 0o644) + _pad(records) if records else b""
+    return pax + _ustar(name, kind, size, link, mode)
+
+
+def F(name: str, data: bytes = b"x", mode: int = 0o644) -> bytes:  # noqa: N802 - reads like a listing
+    """A regular file member."""
+    return header(name, b"0", len(data), mode=mode) + _pad(data)
+
+
+def D(name: str) -> bytes:  # noqa: N802
+    """A directory member."""
+    return header(name, b"5", mode=0o755)
+
+
+def S(name: str, target: str) -> bytes:  # noqa: N802
+    """A symbolic link member."""
+    return header(name, b"2", link=target, mode=0o777)
+
+
+def H(name: str, target: str) -> bytes:  # noqa: N802
+    """A hard link member (``target`` is a member name, as tar stores it)."""
+    return header(name, b"1", link=target)
+
+
+def tgz(*members: bytes) -> bytes:
+    """Members, the end-of-archive blocks, gzip."""
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return z.compress(b"".join(members) + b"\0" * 1024) + z.flush()
+
+
+# -- the sandbox around each attack ------------------------------------------------------------
+
+
+@pytest.fixture
+def env(sandbox):
+    """The sandbox plus the ``outside`` canary dir (a canary file and a root-only 0600 secret)."""
+    outside = sandbox.root / "outside"
+    outside.mkdir()
+    (outside / "canary.txt").write_bytes(b"canary\n")
+    secret = outside / "secret"
+    secret.write_bytes(SECRET)
+    os.chmod(secret, 0o600)
+    return sandbox
+
+
+# The unpack dir is <root>/cache/ocrd-modelsync/tmp/<temp>.d: four levels below the sandbox root.
+UP = "../../../.."
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry below the sandbox root but our cache/state dirs: kind, mode, links, content or target."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root:
+            dirnames[:] = [d for d in dirnames if d not in ("cache", "state", "mnt")]
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as fh:
+                    what = hashlib.sha256(fh.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                what = os.readlink(path)
+            else:
+                what = ""
+            links = st.st_nlink if stat.S_ISREG(st.st_mode) else 0  # a directory's count follows its subdirs
+            out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), links, what)
+    return out
+
+
+def cache_tmp_leftovers(cache_root: Path) -> list[str]:
+    """What the cache's temp dir still holds after a run (must be nothing)."""
+    tmp = cache_root / "tmp"
+    return sorted(os.listdir(tmp)) if tmp.is_dir() else []
+
+
+def manifest(url: str, settings: str = "", path_in_archive: str | None = None) -> str:
+    """models.toml with one archive resource named ``m``."""
+    pia = f', path_in_archive = "{path_in_archive}"' if path_in_archive else ""
+    head = f"[settings]\n{settings}\n" if settings else ""
+    return f'{head}[processors]\n{PROC} = [{{ name = "m", url = "{url}", type = "archive"{pia} }}]\n'
+
+
+def secret_untouched(sandbox) -> None:
+    """The root-only secret outside: same bytes, same mode, one link; its bytes nowhere in our dirs."""
+    secret = sandbox.root / "outside" / "secret"
+    st = os.lstat(secret)
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_nlink == 1
+    assert secret.read_bytes() == SECRET
+    for part in ("cache", "data", "project"):
+        for dirpath, _, files in os.walk(sandbox.root / part):
+            for f in files:
+                p = os.path.join(dirpath, f)
+                if os.path.isfile(p) and not os.path.islink(p):
+                    with open(p, "rb") as fh:
+                        assert SECRET not in fh.read(), p
+
+
+def run_attack(sandbox, server, data: bytes, *, settings: str = "", path_in_archive: str | None = None,
+               subprocess_timeout: float | None = None):
+    """Serve ``data`` as an archive, sync, and check nothing escaped; return the result."""
+    url = server.add("/model.tar.gz", data)
+    sandbox.write_manifest(manifest(url, settings, path_in_archive))
+    before = snapshot(sandbox.root)
+    if subprocess_timeout is None:
+        r = sandbox.run("sync")
+    else:
+        r = run_cli(sandbox, subprocess_timeout, "sync")
+    after = snapshot(sandbox.root)
+    assert set(after) - set(before) <= {"project/models.lock"}, sorted(set(after) - set(before))[:5]
+    assert {k: v for k, v in after.items() if k in before} == before
+    cache_root = sandbox.cache / "ocrd-modelsync"
+    assert (cache_root / "tmp").is_dir(), r  # the layout the escape paths (UP) aim from
+    assert cache_tmp_leftovers(cache_root) == []
+    assert "Traceback" not in r.err and "unexpected" not in r.err, r.err
+    return r
+
+
+MEMORY = 512 << 20  # address space of a CLI run under attack: a bomb fails instead of swapping the machine
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+
+
+def run_cli(sandbox, timeout: float, *args: str):
+    """The CLI in a subprocess with MEMORY of address space, killed (the test failed) after ``timeout`` s."""
+    from conftest import Result
+
+    try:
+        p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "modelsync"), *args], cwd=sandbox.project,
+                           env=sandbox.env(), capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=_limit_memory)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"modelsync {' '.join(args)} still running after {timeout} s")
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+# -- 1. links: past PATH_MAX, through links, hardlinks -----------------------------------------
+
+STEPS = "abcdefghijklmnop"
+LONG = "d" * 247
+DEEP = "/".join(STEPS) + "/" + "l" * 254  # short as written, past PATH_MAX once resolved
+
+
+def path_max_chain() -> list[bytes]:
+    """16 nested dirs of 247-char names, a short link to each, and a link whose resolution passes PATH_MAX.
+
+    Written through the short links, ``DEEP`` sits 16 long names down: a resolver that gives up
+    at PATH_MAX (non-strict realpath) takes it for a plain directory, the kernel follows it
+    back up to the unpack dir. ``escape`` goes through it and up into <sandbox>/outside.
+    """
+    members, path = [], ""
+    for step in STEPS:
+        members += [D(path + LONG), S(path + step, LONG)]
+        path += LONG + "/"
+    members.append(S(DEEP, "../" * len(STEPS)))
+    members.append(S("escape", f"{DEEP}/{UP}/outside"))
+    return members
+
+
+def test_symlink_chain_past_path_max_writes_nothing_outside(env, server):
+    r = run_attack(env, server, tgz(*path_max_chain(), F("escape/PWNED", b"pwned")))
+    assert r.code == 9, r.err
+    assert repr(DEEP) in r.err, r.err  # the first member written through a link is named
+    assert not (env.root / "outside" / "PWNED").exists()
+    secret_untouched(env)
+
+
+def test_hardlink_through_path_max_chain_leaks_no_secret(env, server):
+    r = run_attack(env, server, tgz(*path_max_chain(), H("leak", "escape/secret")), path_in_archive="leak")
+    assert r.code == 9, r.err
+    secret_untouched(env)
+    assert not (env.data_dir(PROC) / "m").exists()
+
+
+def test_link_resolving_past_path_max_is_refused(env, server):
+    # No member is written through a link here: 15 nested long-named dirs, a short link to each,
+    # and a link whose target, followed through them, is longer than PATH_MAX.
+    members, path = [], ""
+    for step in STEPS[:15]:
+        members += [D(path + LONG), S(path + step, LONG)]
+        path += LONG + "/"
+    far = "/".join(STEPS[:15]) + "/" + "q" * 255 + "/" + "q" * 200
+    r = run_attack(env, server, tgz(*members, S("far", far)))
+    assert r.code == 9, r.err
+    assert "'far'" in r.err and "PATH_MAX" in r.err, r.err
+
+
+DIRS = ["d1", "d1/d2", "d1/d2/d3", "d1/d2/d3/d4", "d1/d2/d3/d4/d5"]
+THROUGH = f"d1/d2/d3/d4/d5/s/{UP}/outside"  # lexically d1/d2/outside
+
+
+def test_link_inside_lexically_but_outside_once_a_later_link_exists(env, server):
+    # When ``t`` arrives, d1/.../d5/s does not exist: t looks like d1/d2/outside. Then s -> the
+    # root (inside) makes t resolve to <unpack dir>/../../../../outside: the sandbox's outside dir.
+    r = run_attack(env, server, tgz(*map(D, DIRS), S("t", THROUGH), S("d1/d2/d3/d4/d5/s", "../../../../..")))
+    assert r.code == 9, r.err
+    assert "'t'" in r.err, r.err
+    assert not (env.data_dir(PROC) / "m").exists()
+    secret_untouched(env)
+
+
+def test_link_through_link_resolving_outside(env, server):
+    # s is the root; t goes through s, then up: lexically d1/d2/outside, really outside.
+    r = run_attack(env, server, tgz(*map(D, DIRS), S("d1/d2/d3/d4/d5/s", "../../../../.."), S("t", THROUGH),
+                                    F("t/PWNED", b"pwned")))
+    assert r.code == 9, r.err
+    assert "'t'" in r.err, r.err
+    secret_untouched(env)
+
+
+def test_symlink_chain_with_too_many_hops_is_refused(env, server):
+    members = [F("m/file", b"data"), S("m/l0", "file")]
+    members += [S(f"m/l{i}", f"l{i - 1}") for i in range(1, 60)]
+    r = run_attack(env, server, tgz(D("m"), *members))
+    assert r.code == 9, r.err
+    assert "m/l" in r.err, r.err
+
+
+def test_hardlink_to_a_symlink_is_refused(env, server):
+    r = run_attack(env, server, tgz(D("m"), F("m/model.bin", b"weights"), S("m/alias", "model.bin"),
+                                    H("m/hard", "m/alias")))
+    assert r.code == 9, r.err
+    assert "'m/hard'" in r.err, r.err
+
+
+def test_hardlink_to_a_later_member_is_refused(env, server):
+    r = run_attack(env, server, tgz(D("m"), H("m/hard", "m/model.bin"), F("m/model.bin", b"weights")))
+    assert r.code == 9, r.err
+    assert "'m/hard'" in r.err, r.err
+
+
+def test_hardlink_through_a_symlinked_directory_is_refused(env, server):
+    r = run_attack(env, server, tgz(D("real"), F("real/model.bin", b"weights"), S("alias", "real"),
+                                    H("hard", "alias/model.bin")))
+    assert r.code == 9, r.err
+    assert "'hard'" in r.err, r.err
+
+
+def test_path_in_archive_through_a_symlink_is_refused(env, server):
+    r = run_attack(env, server, tgz(D("real"), F("real/model.bin", b"weights"), S("alias", "real")),
+                   path_in_archive="alias/model.bin")
+    assert r.code == 9, r.err
+    assert "alias/model.bin" in r.err and "link" in r.err, r.err
+    assert not (env.data_dir(PROC) / "m").exists()
+
+
+def test_selected_subtree_with_a_link_leaving_it_is_refused(env, server):
+    # Inside the archive, m/up -> .. is the archive's root; installed as <location>/m it would
+    # point at <location>: the other models.
+    r = run_attack(env, server, tgz(D("m"), F("m/model.bin", b"weights"), S("m/up", "..")),
+                   path_in_archive="m")
+    assert r.code == 9, r.err
+    assert "'m/up'" in r.err or "'up'" in r.err, r.err
+
+
+# -- 5. bombs: linear cost, bounds enforced on what is really written ----------------------------
+
+
+def _zeros_member_stream(count: int, size: int) -> bytes:
+    """A .tar.gz of ``count`` members of ``size`` zero bytes each, compressed on the fly."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = io.BytesIO()
+    zeros = b"\0" * min(size, 1 << 20)
+    out.write(z.compress(D("m")))
+    for i in range(count):
+        out.write(z.compress(header(f"m/z{i:06d}", size=size)))
+        left = size
+        while left:
+            out.write(z.compress(zeros[:left]))
+            left -= min(left, len(zeros))
+        out.write(z.compress(b"\0" * (-size % 512)))
+    out.write(z.compress(b"\0" * 1024) + z.flush())
+    return out.getvalue()
+
+
+def test_zeros_bomb_is_refused_in_time(env, server):
+    # 256 MiB of zeros in 16 KiB members (about 300 kB compressed); the byte limit is crossed
+    # after 32 MiB. Extraction whose cost grows with the data decompressed ahead (the old 1 MiB
+    # tarfile bufsize: every read copied what was left of 256 MiB) takes minutes here; bounded
+    # decompression, a fraction of a second.
+    data = _zeros_member_stream(16384, 16 * 1024)
+    assert len(data) < 1_000_000
+    r = run_attack(env, server, data, settings="max_unpacked_bytes = 33554432", subprocess_timeout=60)
+    assert r.code == 9, r.err
+    assert "archive bomb" in r.err and "33554432 bytes" in r.err, r.err
+
+
+def test_single_member_zeros_bomb_stops_at_the_limit(env, server):
+    data = _zeros_member_stream(1, 64 << 20)  # one member of 64 MiB of zeros
+    r = run_attack(env, server, data, settings="max_unpacked_bytes = 8000000", subprocess_timeout=60)
+    assert r.code == 9, r.err
+    assert "'m/z000000'" in r.err, r.err
+
+
+def test_sparse_member_bytes_are_counted_as_written(env, server):
+    # An old-GNU sparse member: 512 bytes stored, 1 GiB when read back. The limit applies to
+    # what is written, whatever the header's stored size says.
+    h = bytearray(_ustar("m/sparse", b"S", 512, "", 0o644))
+    h[386:398] = b"%011o\0" % 0  # sparse map: one chunk at offset 0 ...
+    h[398:410] = b"%011o\0" % 512  # ... of 512 bytes
+    h[483:495] = b"%011o\0" % (1 << 30)  # real size: 1 GiB
+    h[148:156] = b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    r = run_attack(env, server, tgz(D("m"), bytes(h) + b"s" * 512), settings="max_unpacked_bytes = 4000000",
+                   subprocess_timeout=60)
+    assert r.code == 9, r.err
+    assert "'m/sparse'" in r.err, r.err
+
+
+def test_member_count_bomb_is_refused_in_time(env, server):
+    # 100 000 empty members: about 600 kB compressed; refused at the 10 001st.
+    names = (f"m/f{i:06d}" for i in range(100_000))
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    data = z.compress(D("m") + b"".join(header(n) for n in names) + b"\0" * 1024) + z.flush()
+    assert len(data) < 1_000_000
+    r = run_attack(env, server, data, settings="max_archive_members = 10000", subprocess_timeout=60)
+    assert r.code == 9, r.err
+    assert "more than 10000 members" in r.err, r.err
+
+
+def test_huge_pax_record_is_not_read_into_memory(env, server):
+    # A PAX header claiming 512 MiB (of zeros, ~500 kB compressed): tarfile reads a PAX record
+    # in one read of its declared size. In a process with 512 MiB of address space that read
+    # must be refused, not attempted.
+    size = 512 << 20
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = [z.compress(_ustar("././@PaxHeader", b"x", size, "", 0o644))]
+    zeros = b"\0" * (1 << 20)
+    out += [z.compress(zeros) for _ in range(size >> 20)]
+    out.append(z.compress(F("m/model.bin", b"w") + b"\0" * 1024) + z.flush())
+    r = run_attack(env, server, b"".join(out), subprocess_timeout=60)
+    assert r.code == 9, r.err
+    assert "not a valid tar.gz archive" in r.err and str(size) in r.err, r.err
+
+
+def test_sparse_map_bomb_is_refused(env, server):
+    # A PAX "GNU sparse 1.0" member whose map claims 32 Mi chunks: 128 MiB of "0\n" (~130 kB
+    # compressed) that tarfile would parse into a list of 64 Mi numbers before the member
+    # is even returned. The headers of one member may take 1 MiB; this is refused there.
+    chunks = 32 << 20
+    records = b"".join(_pax_record(k, v) for k, v in (("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"),
+                                                      ("GNU.sparse.name", "m/sparse"), ("GNU.sparse.realsize", "1")))
+    mapping_size = len(b"%d\n" % chunks) + 4 * chunks
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = [z.compress(D("m") + _ustar("././@PaxHeader", b"x", len(records), "", 0o644) + _pad(records)
+                      + _ustar("m/GNUSparseFile.0/sparse", b"0", mapping_size, "", 0o644) + b"%d\n" % chunks)]
+    zeros = b"0\n" * (1 << 19)  # 1 MiB
+    out += [z.compress(zeros) for _ in range(4 * chunks >> 20)]
+    out.append(z.compress(b"\0" * (-mapping_size % 512) + b"\0" * 1024) + z.flush())
+    r = run_attack(env, server, b"".join(out), subprocess_timeout=60)
+    assert r.code == 9, r.err
+    assert "not a valid tar.gz archive" in r.err and "headers" in r.err, r.err
+
+
+def test_zip_bomb_with_lying_sizes_stops_at_the_limit(env, server):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("m/zeros", b"\0" * 20_000_000)
+    data = bytearray(buf.getvalue())
+    # Claim 10 bytes in both the local header and the central directory.
+    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.index(sig) + off
+        data[at:at + 4] = (10).to_bytes(4, "little")
+    r = run_attack(env, server, bytes(data), settings="max_unpacked_bytes = 4000000", subprocess_timeout=60)
+    assert r.code == 9, r.err
+    assert "m/zeros" in r.err, r.err
+
+
+# -- 7. in-archive conflicts: the archive's fault (9), not the filesystem's (8) -------------------
+
+def _zip(*entries: tuple[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries:
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+LONG_COMPONENT = "m/" + "x" * 300
+LONG_PATH = "m/" + "/".join(["y" * 200] * 25)
+CONFLICTS = {
+    "tar-file-then-dir": (tgz(D("m"), F("m/a"), D("m/a")), "m/a"),
+    "tar-file-then-dir-implied": (tgz(D("m"), F("m/a"), F("m/a/b")), "m/a/b"),
+    "tar-dir-then-file": (tgz(D("m"), D("m/a"), F("m/a")), "m/a"),
+    "tar-file-then-symlink": (tgz(D("m"), F("m/a"), S("m/a", "b")), "m/a"),
+    "tar-long-component": (tgz(D("m"), F(LONG_COMPONENT)), LONG_COMPONENT),
+    "tar-long-path": (tgz(D("m"), F(LONG_PATH)), LONG_PATH),
+    "tar-long-link-target": (tgz(D("m"), S("m/l", "z" * 300)), "m/l"),
+    "zip-file-then-dir": (_zip(("m/a", b"1"), ("m/a/", b"")), "m/a/"),
+    "zip-file-then-dir-implied": (_zip(("m/a", b"1"), ("m/a/b", b"2")), "m/a/b"),
+    "zip-dir-then-file": (_zip(("m/a/", b""), ("m/a", b"1")), "m/a"),
+    "zip-long-component": (_zip((LONG_COMPONENT, b"1")), LONG_COMPONENT),
+    "zip-long-path": (_zip((LONG_PATH, b"1")), LONG_PATH),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFLICTS))
+def test_in_archive_conflict_is_unsafe_archive_naming_the_member(env, server, case):
+    data, member = CONFLICTS[case]
+    r = run_attack(env, server, data)
+    assert r.code == 9, r.err
+    assert repr(member) in r.err, r.err
+    assert not (env.data_dir(PROC) / "m").exists()
+
+
+# -- 7. a real full disk stays exit 8, names the filesystem, and leaves nothing behind ------------
+
+
+def test_full_disk_while_unpacking_is_exit_8_and_the_next_sync_converges(env, server):
+    mnt = env.root / "mnt"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True,
+                       capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot mount a 2 MiB tmpfs here (needs root and mount permission): {err}")
+    try:
+        env.monkeypatch.setenv("MODELSYNC_CACHE_DIR", str(mnt))
+        v1 = tgz(D("m"), F("m/model.bin", b"version 1\n"))
+        env.write_manifest(manifest(server.add("/v1.tar.gz", v1)))
+        assert env.run("sync").code == 0
+        target = env.data_dir(PROC) / "m"
+        assert (target / "m" / "model.bin").read_bytes() == b"version 1\n"
+
+        (mnt / "ballast").write_bytes(b"b" * 1_200_000)  # someone else fills the disk
+        big = b"\0" * 1_000_000 + b"version 2\n"
+        v2 = tgz(D("m"), F("m/model.bin", big))
+        env.write_manifest(manifest(server.add("/v2.tar.gz", v2)))
+        before = snapshot(env.root)
+        r = env.run("sync")
+        assert r.code == 8, r.err
+        assert f"mounted at {mnt}" in r.err and "full" in r.err, r.err
+        assert "Traceback" not in r.err
+        assert cache_tmp_leftovers(mnt) == []
+        after = snapshot(env.root)
+        lock = "project/models.lock"  # rewritten for the new manifest, still pinning v1 for the failed model
+        assert {k: v for k, v in after.items() if k in before and k != lock} == \
+            {k: v for k, v in before.items() if k != lock}  # v1 intact, nothing else touched
+        assert "/v1.tar.gz" in env.lock.read_text() and "/v2.tar.gz" not in env.lock.read_text()
+        assert (target / "m" / "model.bin").read_bytes() == b"version 1\n"
+
+        (mnt / "ballast").unlink()
+        r = env.run("sync")
+        assert r.code == 0, r.err
+        assert (target / "m" / "model.bin").read_bytes() == big
+        assert cache_tmp_leftovers(mnt) == []
+        assert env.run("sync", "--check").code == 0
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+
+
+# -- genuine archives keep working ------------------------------------------------------------
+
+@pytest.mark.parametrize("compress", ["gz", "bz2", "xz", ""])
+def test_genuine_archive_with_links_and_executables_installs(env, server, compress):
+    import bz2
+    import lzma
+
+    members = [D("./"), D("./m"), D("./m/v2"), F("./m/v2/model.bin", b"weights"),
+               F("./m/v2/run.sh", b"#!/bin/sh\n", mode=0o755), S("./m/latest", "v2"),
+               S("./m/model.bin", "latest/model.bin"), S("./m/v2/self", "../v2/model.bin"),
+               H("./m/v2/copy.bin", "./m/v2/model.bin"), D("./m/empty")]
+    raw = b"".join(members) + b"\0" * 1024
+    data = {"gz": lambda b: zlib.compress(b, wbits=31), "bz2": bz2.compress, "xz": lzma.compress,
+            "": lambda b: b}[compress](raw)
+    url = server.add("/model", data)
+    env.write_manifest(manifest(url, path_in_archive="m"))
+    before = snapshot(env.root)
+    r = env.run("sync")
+    assert r.code == 0, r.err
+    target = env.data_dir(PROC) / "m"
+    assert (target / "model.bin").read_bytes() == b"weights"
+    assert os.readlink(target / "latest") == "v2" and os.readlink(target / "model.bin") == "latest/model.bin"
+    assert (target / "v2" / "self").read_bytes() == b"weights"
+    assert (target / "v2" / "copy.bin").read_bytes() == b"weights"
+    assert (target / "v2" / "run.sh").read_bytes() == b"#!/bin/sh\n"
+    assert (target / "empty").is_dir()
+    after = snapshot(env.root)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert cache_tmp_leftovers(env.cache / "ocrd-modelsync") == []
+    assert env.run("sync", "--check").code == 0
+
+
+def test_unpacked_modes_are_ours_executable_bits_kept(tmp_path):
+    # Modes come from us, not the archive: 0644, or 0755 when the owner could execute; never
+    # setuid/setgid/sticky, never group- or world-writable. (The cache then seals files read-only.)
+    from ocrd_models.modelsync.unpack import extract
+
+    archive = tmp_path / "a"
+    archive.write_bytes(tgz(D("m"), F("m/run.sh", b"#!/bin/sh\n", mode=0o755), F("m/model.bin", b"w", mode=0o666),
+                            F("m/suid", b"s", mode=0o4777), F("m/sgid", b"s", mode=0o2750)))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    old = os.umask(0o022)
+    try:
+        extract(archive, dest)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (dest / "m").iterdir()}
+    assert modes == {"run.sh": 0o755, "model.bin": 0o644, "suid": 0o755, "sgid": 0o755}
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("z/run.sh")
+        info.create_system = 3
+        info.external_attr = (stat.S_IFREG | 0o4777) << 16
+        zf.writestr(info, b"#!/bin/sh\n")
+        zf.writestr("z/model.bin", b"weights")
+    archive.write_bytes(buf.getvalue())
+    extract(archive, dest)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (dest / "z").iterdir()}
+    assert modes == {"run.sh": 0o755 & ~old, "model.bin": 0o644 & ~old}
+
+
+def test_genuine_zip_installs(env, server):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("m/run.sh")
+        info.create_system = 3
+        info.external_attr = (stat.S_IFREG | 0o755) << 16
+        zf.writestr(info, b"#!/bin/sh\n")
+        zf.writestr("m/sub/model.bin", b"weights")
+    env.write_manifest(manifest(server.add("/model.zip", buf.getvalue()), path_in_archive="m"))
+    r = env.run("sync")
+    assert r.code == 0, r.err
+    target = env.data_dir(PROC) / "m"
+    assert (target / "run.sh").read_bytes() == b"#!/bin/sh\n"
+    assert (target / "sub" / "model.bin").read_bytes() == b"weights"
