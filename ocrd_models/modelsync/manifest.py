@@ -65,7 +65,25 @@ def check_url(value: str) -> str:
     scheme, sep, _ = value.partition("://")
     if sep and scheme.lower() not in URL_SCHEMES:
         raise ValueError(f"url scheme {scheme!r} is not supported; allowed: {', '.join(URL_SCHEMES)}, or a local path")
+    if sep and scheme.lower() in ("http", "https"):
+        _check_web_url(value)
     return value
+
+
+def _check_web_url(value: str) -> None:
+    """An http(s) URL must name a host and, if any, a port 1-65535 (found now, not at download time)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"url {value!r} is malformed ({err})") from None
+    raw_port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+    if not parts.hostname:
+        raise ValueError(f"url {value!r} is malformed (it names no host)")
+    if port == 0 or (raw_port and not raw_port.isascii()) or " " in parts.netloc:
+        raise ValueError(f"url {value!r} is malformed (an invalid host or port)")
 
 
 def check_processor_name(exe: str) -> str:
