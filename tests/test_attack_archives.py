@@ -355,6 +355,16 @@ def test_single_member_zeros_bomb_stops_at_the_limit(env, server):
     assert "'m/z000000'" in r.err, r.err
 
 
+def test_hardlinks_count_as_the_bytes_they_install(env, server):
+    # 1 MB of zeros, then 1000 hard links to it: a 1 GB tree to hash, place and copy, from a
+    # 2 kB archive. Each link counts its file's size.
+    links = [H(f"m/l{i:04d}", "m/zeros") for i in range(1000)]
+    r = run_attack(env, server, tgz(D("m"), F("m/zeros", b"\0" * 1_000_000), *links),
+                   settings="max_unpacked_bytes = 20000000", subprocess_timeout=60)
+    assert r.code == 9, r.err
+    assert "'m/l0019'" in r.err, r.err  # the 20th link crosses 20 MB
+
+
 def test_sparse_member_bytes_are_counted_as_written(env, server):
     # An old-GNU sparse member: 512 bytes stored, 1 GiB when read back. The limit applies to
     # what is written, whatever the header's stored size says.
