@@ -547,6 +547,8 @@ def test_genuine_archive_with_links_and_executables_installs(env, server, compre
     assert (target / "v2" / "self").read_bytes() == b"weights"
     assert (target / "v2" / "copy.bin").read_bytes() == b"weights"
     assert (target / "v2" / "run.sh").read_bytes() == b"#!/bin/sh\n"
+    assert os.stat(target / "v2" / "run.sh").st_mode & 0o111 == 0o111  # executable where installed
+    assert os.stat(target / "v2" / "model.bin").st_mode & 0o333 == 0  # read-only data, never writable
     assert (target / "empty").is_dir()
     after = snapshot(env.root)
     assert {k: v for k, v in after.items() if k in before} == before

@@ -35,7 +35,9 @@ LINK_MODES = ("auto", "hardlink", "copy")
 
 
 def _seal_file(path: Path) -> None:
-    os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    # Read-only for everyone; an executable keeps its x bits (hardlinked installs share this mode).
+    executable = os.stat(path).st_mode & stat.S_IXUSR
+    os.chmod(path, 0o555 if executable else 0o444)
     os.utime(path, ns=(SEAL_NS, SEAL_NS))
 
 
