@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from . import safepickle
-from .errors import UnsafeModel
-from .safepickle import Holder, RawArray
+from .errors import UnsafeModel, UserInputError
+from .safepickle import Holder, RawArray, describe
 
 KIND = "pyrnn-bidi"
 GATES = ("WGI", "WGF", "WGO", "WCI")  # (ns, na)
@@ -23,6 +23,8 @@ REVERSED = ".bidilstm.0.parallel.1.reversed.0.lstm."
 SOFTMAX_BIAS = ".bidilstm.1.softmax.w"
 SOFTMAX_WEIGHTS = ".bidilstm.1.softmax.W"
 CODEC = "codec"
+MAX_SIZE = 1_000_000  # input height, hidden states, output classes: real models have tens to hundreds
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,14 @@ def _what(obj: Any) -> str:
     return type(obj).__name__
 
 
+def _size(value: Any, what: str) -> int:
+    """``value`` as a size of the network: an int from 1 to :data:`MAX_SIZE`."""
+    if type(value) is not int or not 1 <= value <= MAX_SIZE:
+        raise UnsafeModel(f"not a usable pyrnn model: its {what} is {describe(value)}, expected a number from 1 "
+                          f"to {MAX_SIZE}")
+    return value
+
+
 def _need(obj: Any, kind: str, where: str) -> Holder:
     if not isinstance(obj, Holder) or obj.kind != kind:
         raise UnsafeModel(f"not a pyrnn BIDILSTM model: expected {kind} at {where}, found {_what(obj)}")
@@ -66,6 +76,7 @@ def _lstm(net: Holder, prefix: str, where: str, ni: int) -> tuple[int, dict[str,
     if not isinstance(wgi, RawArray) or len(wgi.shape) != 2:
         raise UnsafeModel(f"not a pyrnn BIDILSTM model: {where}.WGI is {_what(wgi)}")
     ns, na = wgi.shape
+    _size(ns, f"{where}'s number of hidden states")
     if na != 1 + ni + ns:
         raise UnsafeModel(f"inconsistent model: {where} gates have {na} columns, expected 1 + {ni} + {ns}")
     out = {prefix + g: _array(net, g, (ns, na), where) for g in GATES}
@@ -77,8 +88,10 @@ def _codec(codec: Any, n_out: int) -> tuple[str, ...] | None:
     if codec is None:
         return None
     c2c = _need(codec, "Codec", "codec").attrs.get("code2char")
-    if not isinstance(c2c, dict) or sorted(c2c) != list(range(len(c2c))):
-        raise UnsafeModel("invalid codec: code2char must map the codes 0..N-1")
+    if not isinstance(c2c, dict) or not c2c:
+        raise UnsafeModel(f"invalid codec: code2char is {describe(c2c)}; it must map the codes 0..N-1 to characters")
+    if not all(type(k) is int for k in c2c) or sorted(c2c) != list(range(len(c2c))):
+        raise UnsafeModel("invalid codec: code2char must map exactly the integer codes 0..N-1 to characters")
     chars = tuple(c2c[i] for i in range(len(c2c)))
     if not all(isinstance(c, str) for c in chars) or chars[0] != "":
         raise UnsafeModel("invalid codec: code 0 must be '' and every entry a character")
@@ -89,8 +102,13 @@ def _codec(codec: Any, n_out: int) -> tuple[str, ...] | None:
 def _check_codec(chars: tuple[str, ...], n_out: int) -> None:
     bad = [c for c in chars[1:] if len(c) != 1]
     if bad:
-        raise UnsafeModel(f"the codec has multi-character labels ({', '.join(map(repr, bad[:5]))}); kraken's "
-                          "HDF5 format stores one code point per class and cannot hold them")
+        raise UnsafeModel(f"the codec has multi-character labels ({', '.join(repr(c[:20]) for c in bad[:5])}); "
+                          "kraken's HDF5 format stores one code point per class and cannot hold them")
+    surrogates = [c for c in chars[1:] if 0xD800 <= ord(c) <= 0xDFFF]
+    if surrogates:
+        # half of a UTF-16 pair is no character: it cannot be shown, nor written as UTF-8
+        raise UnsafeModel(f"the codec has lone surrogate code points ({', '.join(map(repr, surrogates[:5]))}), "
+                          "which are not characters")
     if len(chars) != n_out:
         raise UnsafeModel(f"inconsistent model: the codec has {len(chars)} entries, the softmax {n_out} outputs")
     if list(chars[1:]) != sorted(chars[1:]) or len(set(chars)) != len(chars):
@@ -101,9 +119,7 @@ def _check_codec(chars: tuple[str, ...], n_out: int) -> None:
 def from_object(root: Any) -> PyrnnModel:
     """Check the unpickled object graph and pick out what the HDF5 layout keeps."""
     seq = _need(root, "SeqRecognizer", "the top")
-    ni = seq.attrs.get("Ni")
-    if not isinstance(ni, int) or ni <= 0:
-        raise UnsafeModel(f"not a pyrnn model: SeqRecognizer.Ni is {ni!r}")
+    ni = _size(seq.attrs.get("Ni"), "input height (SeqRecognizer.Ni)")
     stacked = _need(seq.attrs.get("lstm"), "Stacked", "SeqRecognizer.lstm")
     nets = stacked.attrs.get("nets")
     if not isinstance(nets, (list, tuple)) or len(nets) != 2:
@@ -124,13 +140,14 @@ def from_object(root: Any) -> PyrnnModel:
     w2 = softmax.attrs.get("W2")
     if not isinstance(w2, RawArray) or len(w2.shape) != 2 or w2.shape[1] != 2 * ns + 1:
         raise UnsafeModel(f"inconsistent model: Softmax.W2 is {_what(w2)}, expected (outputs, {2 * ns + 1})")
-    n_out = w2.shape[0]
+    n_out = _size(w2.shape[0], "number of output classes (Softmax.W2 rows)")
     return PyrnnModel(ni, ns, _codec(seq.attrs.get("codec"), n_out), n_out, lstm, w2,
                       isinstance(seq.attrs.get("lnorm"), Holder))
 
 
 def load_model(path: Path, max_bytes: int | None = None) -> PyrnnModel:
     """Load and check a ``.pyrnn[.gz|.bz2]`` model without executing anything from it."""
+    _not_hdf5(path)
     obj = safepickle.load(path, max_bytes)
     try:
         return from_object(obj)
@@ -138,11 +155,26 @@ def load_model(path: Path, max_bytes: int | None = None) -> PyrnnModel:
         raise UnsafeModel(f"{path.name}: {err}") from None
 
 
+def _not_hdf5(path: Path) -> None:
+    """An HDF5 file is already converted: say so instead of reporting a malformed pickle."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(HDF5_MAGIC))
+    except OSError:
+        return  # safepickle.load reports an unreadable file
+    if head == HDF5_MAGIC:
+        raise UserInputError(f"{path.name} is an HDF5 file, not a pyrnn pickle: there is nothing to convert "
+                             f"(`modelsync inspect {path.name}` describes it)")
+
+
 def with_codec(model: PyrnnModel, chars: list[str]) -> PyrnnModel:
-    """The model with a codec supplied by the caller (kraken-toy has none)."""
+    """The model with a codec supplied by the caller (kraken-toy has none); a bad one is UserInputError."""
     chars_t = tuple(chars)
     if not chars_t or chars_t[0] != "":
-        raise UnsafeModel("a supplied codec must start with '' (code 0, the blank)")
-    _check_codec(chars_t, model.output_classes)
+        raise UserInputError("a supplied codec must start with '' (code 0, the blank): --codec '' --codec a ...")
+    try:
+        _check_codec(chars_t, model.output_classes)
+    except UnsafeModel as err:
+        raise UserInputError(f"the supplied codec does not fit: {err}") from None
     return PyrnnModel(model.input_height, model.hidden, chars_t, model.output_classes, model.lstm,
                       model.softmax, model.has_normalizer)
