@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .digest import StatSig, sha256_file
-from .errors import ChecksumMismatch, UserInputError
+from .errors import ChecksumMismatch, UnsafeModel, UserInputError, filesystem_error
 from .records import InstallRecord, RecordStore
 
 PYRNN_SUFFIXES = (".pyrnn", ".pyrnn.gz", ".pyrnn.bz2")
@@ -71,13 +71,34 @@ class Converter:
         if rec is not None and rec.is_fresh() and (expected is None or rec.digest == expected):
             return target, rec.digest
         if target.is_file():
-            digest = sha256_file(target)
-            if expected is None or digest == expected:
+            digest = self._digest(target)
+            if digest == expected or (expected is None and self._usable(target)):
                 self._remember(processor, name, target, digest)
                 return target, digest
         digest = self._convert(source, target, expected, f"{processor} {name}")
         self._remember(processor, name, target, digest)
         return target, digest
+
+    @staticmethod
+    def _usable(target: Path) -> bool:
+        """A file found at a conversion path without a record is adopted only if it reads as a pyrnn-bidi model.
+
+        (A damaged or foreign file there is converted over, never locked as if it were ours.)
+        """
+        from . import hdf5model
+
+        try:
+            hdf5model.read(target)
+        except UnsafeModel:
+            return False
+        return True
+
+    @staticmethod
+    def _digest(path: Path) -> str:
+        try:
+            return sha256_file(path)
+        except OSError as err:
+            raise filesystem_error(err, path, "read") from None
 
     def _convert(self, source: Path, target: Path, expected: str | None, what: str) -> str:
         from . import hdf5model, pyrnn

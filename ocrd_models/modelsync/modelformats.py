@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def _decompressed_head(path: Path, head: bytes) -> bytes:
         if head.startswith(b"BZh"):
             with bz2.open(path) as fh:
                 return fh.read(64)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):  # damaged compression: not recognisable as a pickle
         return b""
     return head
 
@@ -73,20 +75,15 @@ def _pyrnn(path: Path) -> ModelInfo:
 
 def _hdf5(path: Path) -> ModelInfo:
     try:
-        import h5py
+        import h5py  # noqa: F401  (only whether the legacy extra is there)
     except ImportError:
         return ModelInfo(str(path), "HDF5", "possible",
                          "an HDF5 file; install the legacy extra (pip install 'ocrd-modelsync[legacy]') to tell "
                          "a kraken pyrnn-bidi model from a Keras model")
-    with h5py.File(path, "r") as f:
-        kind = f.attrs.get("kind")
-        keras = "keras_version" in f.attrs or "model_config" in f.attrs
-    if isinstance(kind, bytes):
-        kind = kind.decode("utf-8", "replace")
-    if kind == "pyrnn-bidi":
-        from . import hdf5model
+    from . import hdf5model
 
-        info = hdf5model.read(path)
+    kind, keras, info = hdf5model.examine(path)  # a damaged file: UnsafeModel
+    if info is not None:
         return ModelInfo(str(path), "kraken HDF5 (pyrnn-bidi)", "no", "numbers only: float32 arrays and a codec",
                          info.kind, info.input_height, info.hidden, info.output_classes, list(info.codec),
                          {"datasets": info.datasets})
@@ -101,8 +98,8 @@ def _zip(path: Path) -> ModelInfo:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except zipfile.BadZipFile:
-        names = []
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, UnicodeDecodeError):
+        return ModelInfo(str(path), "zip archive (damaged)", "no", "its directory of members cannot be read")
     if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
         return ModelInfo(str(path), "PyTorch checkpoint (zip)", "yes",
                          "torch.load unpickles data.pkl, which can run any code; only torch.load(..., "
@@ -111,7 +108,10 @@ def _zip(path: Path) -> ModelInfo:
 
 
 def _directory(path: Path) -> ModelInfo:
-    names = [p.name for p in path.iterdir()]
+    try:
+        names = [p.name for p in path.iterdir()]
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot list the directory: {err.strerror or err}") from None
     if any(n.endswith((".ckpt.json", ".ckpt.h5", ".ckpt.index")) or n == "saved_model.pb" for n in names):
         return ModelInfo(str(path), "Calamari checkpoint directory", "possible",
                          "TensorFlow/Keras weights and a JSON configuration; a .ckpt.h5 whole model with Lambda "
@@ -121,11 +121,18 @@ def _directory(path: Path) -> ModelInfo:
 
 def identify(path: Path) -> ModelInfo:
     """Describe the model at ``path``; raises UnsafeModel for a pickle the restricted unpickler refuses."""
-    if not path.exists():
-        raise UserInputError(f"{path}: no such file or directory")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise UserInputError(f"{path}: {err.strerror or 'cannot be read'}; check the path") from None
+    if stat.S_ISDIR(mode):
         return _directory(path)
-    head = _head(path)
+    if not stat.S_ISREG(mode):
+        raise UserInputError(f"{path}: not a regular file or directory (a device, socket or pipe); give a model file")
+    try:
+        head = _head(path)
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot read it: {err.strerror or err}. Check its permissions.") from None
     if head.startswith(HDF5_MAGIC):
         return _hdf5(path)
     if head.startswith(b"PK\x03\x04"):
