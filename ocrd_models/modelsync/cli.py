@@ -683,7 +683,7 @@ def _machine_fault(err: Exception) -> ModelsyncError | None:
             type(err).__module__.split(".")[0] in ("requests", "urllib3"):
         return NetworkError(f"a network operation failed: {err}. Check the network and run the command again.")
     if isinstance(err, OSError):
-        return filesystem_error(err, err.filename2 or err.filename or os.getcwd(), "write")
+        return filesystem_error(err, err.filename2 or err.filename or os.getcwd(), "access")
     return None
 
 

@@ -20,7 +20,7 @@ EXIT_OFFLINE_MISSING = 6  # --offline and something must be fetched
 EXIT_CHANGES_PENDING = 7  # --check and something would change
 EXIT_INSTALL = 8  # filesystem trouble while installing (permissions, disk full, ...)
 EXIT_UNSAFE_ARCHIVE = 9  # an archive is malformed or tries to escape its target
-EXIT_UNSAFE_MODEL = 10  # a legacy (pickled) model is not a plain pyrnn model: refused, nothing run
+EXIT_UNSAFE_MODEL = 10  # a legacy model (pickle or kraken HDF5) is not a plain pyrnn model, or damaged: refused, nothing run
 EXIT_MISSING_EXTRA = 11  # the command needs an optional extra (pip install 'ocrd-modelsync[legacy]')
 EXIT_INTERRUPTED = 130  # SIGINT, as shells report it
 
@@ -168,7 +168,8 @@ class UnsafeArchive(ModelsyncError):
 
 
 class UnsafeModel(ModelsyncError, ValueError):
-    """A pickled legacy model holds something other than a pyrnn network's data; never executed."""
+    """A legacy model (a pickle, or kraken's HDF5) holds something other than a pyrnn network's data, or is
+    damaged; a pickle is never executed, an HDF5 file is read in a limited child process."""
 
     exit_code = EXIT_UNSAFE_MODEL
 
