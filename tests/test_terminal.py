@@ -147,3 +147,33 @@ def test_force_color_colours_a_pipe(sandbox):
                             capture_output=True)
     assert plain.returncode == forced.returncode == 2
     assert not SGR.search(plain.stderr) and SGR.search(forced.stderr), forced.stderr
+
+
+def _screen_lines(raw: bytes) -> list[str]:
+    """What stays on screen, roughly: escape sequences removed, carriage returns as line starts."""
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", raw.decode("utf-8", "replace"))
+    return [part for line in text.split("\n") for part in line.split("\r") if part.strip()]
+
+
+def test_output_fits_80_columns_without_breaking_words(sandbox, slow_server):
+    server = slow_server
+    server.add("/a-small.bin", SMALL)
+    long = "ocrd-tesserocr-recognize"
+    sandbox.write_manifest(f'[processors]\n{long} = [{{name = "a-model-with-a-long-name.traineddata", '
+                           f'url = "{server.url("/a-small.bin")}"}}, {{name = "z-big.bin", url = "{server.url("/z-big.bin")}"}}]\n'
+                           f'ocrd-x = [{{name = "missing.bin", url = "{server.url("/nope")}"}}]\n')
+    server.add("/z-big.bin", BIG)
+    env = {**sandbox.env(), "MODELSYNC_RETRIES": "0"}
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=env, columns=80)
+    assert r.code == 3, r.text
+    lines = _screen_lines(r.raw)
+    bars = [line for line in lines if "━" in line]
+    assert bars and all(len(line) <= 80 for line in bars), bars  # one line per model, never wrapped
+    assert any("MiB" in line for line in bars) and not any(" MB" in line for line in bars)
+    assert r.text.count("HTTP 404") == 1, r.text  # each failure told once
+    for args in (["status"], ["verify"], ["plan", "-v"]):
+        out = run_on_pty(args, cwd=sandbox.project, env=env, columns=80)
+        shown = _screen_lines(out.raw)
+        assert all(len(line) <= 80 for line in shown), (args, shown)
+        assert any(long in line for line in shown), (args, shown)  # the name whole, not folded
+        assert any("a-model-with-a-long-name.traineddata" in line for line in shown), (args, shown)

@@ -137,7 +137,7 @@ def _render_plan(plan, title: str, verbose: bool = False) -> None:
     shown = [a for a in plan.actions if verbose or a.changes or a.adopt or a.warnings]
     rows = [(a.kind, a.processor, a.name, a.location_label, a.reason) for a in shown]
     if rows:
-        render.table(title, ["action", "processor", "name", "location", "reason"], rows)
+        render.table(title, ["action", "processor", "name", "location", "reason"], rows, keys=3)
     hidden = len(plan.actions) - len(shown)
     if hidden:
         render.err.print(f"{hidden} resource(s) installed and unchanged (-v lists them)", markup=False)
@@ -381,28 +381,45 @@ def plan(
         _render_plan(p, "plan", verbose)
 
 
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Full paths and hashes.")]
+
+
+def _label(location: str, base: Path) -> str:
+    """A location label (``data``, ``dir:/x``, ``path:/x``) with its path shortened."""
+    from . import render
+
+    kind, sep, path = location.partition(":")
+    return f"{kind}:{render.short_path(path, base)}" if sep and kind in ("dir", "path") else location
+
+
 @app.command()
 def status(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = False,
-           no_convert: NoConvertOpt = False) -> None:
+           no_convert: NoConvertOpt = False, verbose: VerboseOpt = False) -> None:
     """Declared vs locked vs installed, per resource.
 
     States: ok (installed, matches the lock), missing, modified (differs from the lock),
     unlocked (installed but not yet locked), undeclared (locked, no longer declared).
+    -v adds each resource's path.
 
     \b
     Example: modelsync status
     """
     from . import render
 
-    rows = _project(manifest, None, None, convert=not no_convert).status()
+    project = _project(manifest, None, None, convert=not no_convert)
+    rows = project.status()
     if json_out:
         render.emit_json({"resources": rows})
         return
-    columns = ["processor", "name", "location", "locked", "state", "path"]
+    base = project.project_dir
+    # The path follows from location, processor and name: it is shown with -v (and in --json).
+    columns = ["processor", "name", "location", "locked", "state"] + (["path"] if verbose else [])
     converted = any(r.converted for r in rows)
-    render.table("status", columns + (["converted (used instead)"] if converted else []),
-                 [(r.processor, r.name, r.location, r.locked, r.state, r.path or "")
-                  + ((r.converted or "",) if converted else ()) for r in rows])
+    render.table(None, columns + (["converted (used instead)"] if converted else []),
+                 [(r.processor, r.name, r.location if verbose else _label(r.location, base), r.locked, r.state)
+                  + ((r.path or "",) if verbose else ())
+                  + ((r.converted if verbose else render.short_path(r.converted, base),) if converted else ())
+                  for r in rows])
     for r in rows:
         for w in r.warnings:
             render.warn(f"{r.processor} {r.name}: {w}")
@@ -433,23 +450,29 @@ def resolve(
 
 
 @app.command()
-def verify(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = False) -> None:
+def verify(manifest: ManifestOpt = Path(MANIFEST_NAME), json_out: JsonOpt = False,
+           verbose: VerboseOpt = False) -> None:
     """Re-hash every locked resource where its processor finds it (ignores cached stat info).
 
-    Exits 4 if any resource is missing or differs from models.lock.
+    Exits 4 if any resource is missing or differs from models.lock. Hashes are shortened to
+    12 digits; -v (and --json) shows them in full.
 
     \b
     Example: modelsync verify
     """
     from . import render
 
-    rows = _project(manifest, None, None).verify()
+    project = _project(manifest, None, None)
+    rows = project.verify()
     bad = [r for r in rows if not r.ok]
     if json_out:
         render.emit_json({"ok": not bad, "resources": rows})
     else:
-        render.table("verify", ["processor", "name", "result", "path", "detail"],
-                     [(r.processor, r.name, "ok" if r.ok else "FAILED", r.path or "", r.detail) for r in rows])
+        # Where each was checked: with -v (the path OCR-D finds first; --json always has it).
+        render.table(None, ["processor", "name", "result", "detail"] + (["path"] if verbose else []),
+                     [(r.processor, r.name, "ok" if r.ok else "FAILED",
+                       r.detail if verbose else render.short_hashes(r.detail)) + ((r.path or "",) if verbose else ())
+                      for r in rows])
     if bad:
         raise typer.Exit(EXIT_CHECKSUM)
 

@@ -66,7 +66,9 @@ class ChecksumMismatch(ModelsyncError):
 
     def __init__(self, what: str, expected: str, actual: str, hint: str = ""):
         self.what, self.expected, self.actual = what, expected, actual
-        msg = f"checksum mismatch for {what}:\n  expected sha256 {expected}\n  actual   sha256 {actual}"
+        # The hashes on the line that says it failed (a list of failures shows that line); the hint
+        # on its own line, which a list of several failures shows once.
+        msg = f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}"
         if hint:
             msg += f"\n{hint}"
         super().__init__(msg)
@@ -198,9 +200,15 @@ class SyncFailed(ModelsyncError):
         # One kind of failure keeps its specific code; a mix is reported as 1.
         self.exit_code = codes.pop() if len(codes) == 1 else EXIT_FAILURE
         lines = [f"{len(failures)} resource(s) failed; everything else succeeded:"]
+        hints: list[str] = []  # the same advice for several failures is given once, after the list
         for f in failures:
             first, *rest = str(f.error).splitlines() or [type(f.error).__name__]
+            if isinstance(f.error, ChecksumMismatch):  # the line names the resource already
+                first = f"checksum mismatch: expected sha256 {f.error.expected}, got {f.error.actual}"
             lines.append(f"  {f.processor} {f.name}: {first}")
-            lines.extend(f"    {line}" for line in rest)
+            advice = "\n".join(rest)
+            if advice and advice not in hints:
+                hints.append(advice)
+        lines.extend(hints)
         lines.append("Fix the cause and run the command again; finished resources are not fetched twice.")
         super().__init__("\n".join(lines))

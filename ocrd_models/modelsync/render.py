@@ -140,23 +140,72 @@ def _plain_table(columns: list[str], rows: list[list[str]]) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    """A table on stdout: rich on a terminal, plain aligned columns in pipes, logs and for long lists."""
+def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]], *, keys: int = 2) -> None:
+    """A table on stdout: rich on a terminal, plain aligned columns in pipes, logs and for long lists.
+
+    On a terminal too narrow for the table, each row becomes a block instead: its first ``keys``
+    cells as a heading, the others as ``label  value`` lines (never a cell folded mid-word).
+    """
     columns = list(columns)
     rows = [["" if v is None else escape_controls(str(v), newlines=False) for v in r] for r in rows]
     if not styled(sys.stdout) or len(rows) > PLAIN_ABOVE:
         _plain_table(columns, rows)
         return
+    from rich.cells import cell_len
     from rich.table import Table
-
     from rich.text import Text
 
+    widths = [max([cell_len(c), *(cell_len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    if sum(widths) + 3 * (len(columns) - 1) > out.width:
+        _blocks(title, columns, rows, keys)
+        return
     t = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(c, no_wrap=True)
     for r in rows:
         t.add_row(*(Text(v) for v in r))  # Text: a cell is never read as rich markup
     out.print(t)
+
+
+def _blocks(title: str | None, columns: list[str], rows: list[list[str]], keys: int) -> None:
+    from rich.text import Text
+
+    labels = columns[keys:]
+    pad = max((len(c) for c in labels), default=0)
+    if title:
+        out.print(Text(title, style="bold"))
+    for r in rows:
+        out.print(Text(" ".join(v for v in r[:keys] if v), style="bold"))
+        for label, value in zip(labels, r[keys:]):
+            if value:
+                out.print(Text(f"  {label.ljust(pad)}  {value}"))
+
+
+_HASH = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
+
+
+def short_hashes(text: str) -> str:
+    """Every SHA-256 in ``text`` cut to its first 12 digits and an ellipsis (full ones: -v, --json)."""
+    return _HASH.sub(r"\1…", text)
+
+
+def short_path(path: str | Path | None, base: Path | None = None) -> str:
+    """``path`` relative to ``base`` (the project) when inside it, else with ``~`` for the home dir."""
+    if path is None or path == "":
+        return ""
+    import os
+
+    text = str(path)
+    if base is not None:
+        try:
+            rel = Path(text).relative_to(base)
+            return str(rel) if str(rel) != "." else "."
+        except ValueError:
+            pass
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and (text == home or text.startswith(home + os.sep)):
+        return "~" + text[len(home):]
+    return text
 
 
 def warn(message: str) -> None:
@@ -202,25 +251,51 @@ class PlainProgress:
         with self._lock:
             secs = time.monotonic() - self._t0.get(task, time.monotonic())
             n = self._bytes.get(task, 0)
-        status = "done" if ok else "FAILED"
-        detail = f"{message}, {human_size(n)} in {secs:.1f}s" if ok else message
-        err.print(f"{status} {task}: {detail}", markup=False, highlight=False)
+        if ok:
+            err.print(f"done {task}: {message}, {human_size(n)} in {secs:.1f}s", markup=False, highlight=False)
+        else:  # the reason is in the summary at the end: each failure is told once
+            err.print(f"FAILED {task} (the reason follows at the end)", markup=False, highlight=False)
 
     def note(self, message: str) -> None:  # noqa: D102
         err.print(message, markup=False, highlight=False)
+
+
+def _speed_column_class():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        """Transfer speed in MiB/s (rich's own column counts in decimal MB)."""
+
+        def render(self, task) -> Text:  # noqa: D102
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{human_size(int(speed))}/s", style="progress.data.speed")
+
+    return SpeedColumn
+
+
+def _SpeedColumn(**kw: Any):  # noqa: N802 - a class made on first use (rich is imported lazily)
+    return _speed_column_class()(**kw)
 
 
 class BarProgress:
     """rich progress bars on a terminal, one per resource being fetched."""
 
     def __init__(self) -> None:
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
-        # The real Console (a Live display enters it as a context manager); descriptions are
-        # escaped below, so the column may read the ✓/✗ marks as markup.
-        self._p = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                           TimeRemainingColumn(), console=err._rich(), transient=False)
+        # One line per model at any width: the name is cut with an ellipsis, the numbers never wrap
+        # (MiB, as everywhere). The real Console (a Live display enters it as a context manager);
+        # descriptions are escaped below, so the column may read the ✓/✗ marks as markup.
+        fixed = dict(no_wrap=True, overflow="crop")
+        self._p = Progress(
+            TextColumn("{task.description}", table_column=Column(ratio=1, min_width=12, no_wrap=True,
+                                                                 overflow="ellipsis")),
+            BarColumn(bar_width=16), DownloadColumn(binary_units=True, table_column=Column(**fixed)),
+            _SpeedColumn(table_column=Column(**fixed)),
+            TimeRemainingColumn(compact=True, table_column=Column(**fixed)),
+            console=err._rich(), transient=False, expand=True)
         self._ids: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -233,9 +308,13 @@ class BarProgress:
 
     @staticmethod
     def _label(task: str) -> str:
+        """``name  processor`` (the processor dim): cut at the end, the model's name stays in view."""
         from rich.markup import escape
 
-        return escape(escape_controls(task, newlines=False))
+        processor, _, name = task.partition(" ")
+        if not name:
+            return escape(escape_controls(task, newlines=False))
+        return f"{escape(escape_controls(name, newlines=False))} [dim]{escape(escape_controls(processor, newlines=False))}[/dim]"
 
     def start(self, task: str, total: int | None) -> None:  # noqa: D102
         with self._lock:
