@@ -39,6 +39,9 @@ def test_init_add_remove_keep_comments_and_layout(sandbox):
     r = sandbox.run("add", "ocrd-tesserocr-recognize", "deu.traineddata", "frk.traineddata")
     assert r.code == 0, r.err
     r = sandbox.run("add", "ocrd-calamari-recognize", "mine", "--url", "./m.tar.gz", "--type", "archive")
+    assert r.code == 2 and "m.tar.gz does not exist" in r.err, r.err  # a local path must be there
+    (sandbox.project / "m.tar.gz").write_bytes(b"")
+    r = sandbox.run("add", "ocrd-calamari-recognize", "mine", "--url", "./m.tar.gz", "--type", "archive")
     assert r.code == 0, r.err
     after = sandbox.manifest.read_text()
     assert "# my own comment, kept" in after
@@ -58,7 +61,8 @@ def test_add_unknown_name_suggests_and_leaves_file_alone(sandbox):
     r = sandbox.run("add", "ocrd-tesserocr-recognize", "frk.traineddta")
     assert r.code == 2 and "Did you mean 'frk.traineddata'" in r.err
     r = sandbox.run("add", "ocrd-calamari-recognize", "x", "--url", "./x", "--type", "zip")
-    assert r.code == 2 and "'file', 'archive' or 'directory'" in r.err
+    # Refused as the option's value, before models.toml is touched (not as "line N of models.toml").
+    assert r.code == 2 and "Invalid value for '--type'" in r.err and "'file', 'archive', 'directory'" in r.err
     assert sandbox.manifest.read_bytes() == before
 
 

@@ -177,3 +177,57 @@ def test_output_fits_80_columns_without_breaking_words(sandbox, slow_server):
         assert all(len(line) <= 80 for line in shown), (args, shown)
         assert any(long in line for line in shown), (args, shown)  # the name whole, not folded
         assert any("a-model-with-a-long-name.traineddata" in line for line in shown), (args, shown)
+
+
+def test_import_push_and_convert_on_a_terminal(sandbox, server, tmp_path):
+    """The commands that once crashed on a terminal before doing anything: each on a real pty."""
+    import shutil
+
+    from conftest import FIXTURES
+    from oci_registry import BINARY, Registry
+
+    # import: a model put where OCR-D looks by `ocrd resmgr` (or by hand)
+    tess = sandbox.tessdata
+    (tess / "deu.traineddata").write_bytes(b"not really tesseract")
+    r = run_on_pty(["import"], cwd=sandbox.project, env=sandbox.env(), columns=80)
+    assert r.code == 0, r.text
+    assert "Traceback" not in r.text and "unexpected" not in r.text
+    assert sandbox.manifest.exists() and sandbox.lock.exists()
+    # convert: a real legacy model, converted on the terminal
+    model = tmp_path / "toy.pyrnn.gz"
+    shutil.copyfile(FIXTURES / "pyrnn" / "kraken-toy.pyrnn.gz", model)
+    r = run_on_pty(["convert", str(model), "-o", str(tmp_path / "toy.hdf5"), "--codec", "", "--codec", "b"],
+                   cwd=sandbox.project, env=sandbox.env(), columns=80)
+    assert r.code == 0 and (tmp_path / "toy.hdf5").is_file(), r.text
+    if BINARY is None:
+        pytest.skip("docker-registry is not installed: push is tested on a terminal in CI")
+    # push: to a real registry (Debian's docker-registry on 127.0.0.1)
+    _manifest(sandbox, server, names=("a-small.bin",))
+    assert run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env()).code == 0
+    registry = Registry(tmp_path / "registry")
+    try:
+        r = run_on_pty(["push", f"{registry.host}/ocr/models:t1"], cwd=sandbox.project, env=sandbox.env(), columns=80)
+        assert r.code == 0, r.text
+        assert "pushed" in r.text and "Traceback" not in r.text
+        assert r.raw.rfind(b"\x1b[?25h") >= r.raw.rfind(b"\x1b[?25l"), "the cursor was left hidden"
+    finally:
+        registry.stop()
+
+
+def test_debug_shows_the_traceback_of_a_failure_inside_the_live_display(sandbox, slow_server, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # A bug injected at interpreter start (sitecustomize on PYTHONPATH): writing the lock raises.
+    (hook / "sitecustomize.py").write_text(
+        "import ocrd_models.modelsync.project as p\n"
+        "def boom(*a, **k):\n    raise RuntimeError('injected bug')\n"
+        "p.Project._finish = boom\n")
+    _manifest(sandbox, slow_server, names=("a-small.bin",))
+    env = {**sandbox.env(), "PYTHONPATH": str(hook)}
+    plain = run_on_pty(["sync"], cwd=sandbox.project, env=env, columns=100)
+    assert plain.code == 1 and "This is a bug" in plain.text and "Traceback" not in plain.text, plain.text
+    debug = run_on_pty(["sync"], cwd=sandbox.project, env={**env, "MODELSYNC_DEBUG": "1"}, columns=100)
+    assert debug.code == 1, debug.text
+    assert "Traceback (most recent call last)" in debug.text and "RuntimeError: injected bug" in debug.text
+    assert "lost sys.stderr" not in debug.text
+    assert debug.raw.rfind(b"\x1b[?25h") >= debug.raw.rfind(b"\x1b[?25l"), "the cursor was left hidden"

@@ -204,7 +204,10 @@ class SyncFailed(ModelsyncError):
         for f in failures:
             first, *rest = str(f.error).splitlines() or [type(f.error).__name__]
             if isinstance(f.error, ChecksumMismatch):  # the line names the resource already
-                first = f"checksum mismatch: expected sha256 {f.error.expected}, got {f.error.actual}"
+                what = f.error.what
+                extra = what[len(f"{f.processor} {f.name}"):] if what.startswith(f"{f.processor} {f.name}") \
+                    else f" ({what})"
+                first = f"checksum mismatch{extra}: expected sha256 {f.error.expected}, got {f.error.actual}"
             lines.append(f"  {f.processor} {f.name}: {first}")
             advice = "\n".join(rest)
             if advice and advice not in hints:

@@ -40,6 +40,7 @@ class Outcome:
     error: ModelsyncError | None = None
     path: Path | None = None
     from_cache: bool = False
+    converted: Path | None = None  # a pyrnn model converted to kraken's HDF5 by this run: the file
 
 
 @dataclass

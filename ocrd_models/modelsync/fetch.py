@@ -28,6 +28,7 @@ writing the temp file names the filesystem (:func:`errors.filesystem_error`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import re
 import time
@@ -43,6 +44,10 @@ from .atomic import temp_name
 from .credentials import Credentials, redact, strip_userinfo
 from .digest import stream_hasher
 from .errors import ChecksumMismatch, InstallError, NetworkError, UserInputError, filesystem_error
+
+log = logging.getLogger(__name__)  # retries and waits; shown with -v (a long wait always)
+LONG_WAIT = 5.0  # seconds: a retry waiting longer than this is told without -v too
+DNS_ATTEMPTS = 2  # a name that does not resolve is asked twice, not retries + 1 times
 
 CHUNK = 1 << 20
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -120,10 +125,12 @@ def local_source(url: str, base_dir: Path) -> Path | None:
 class _Transient(Exception):
     """A fault worth another attempt."""
 
-    def __init__(self, reason: str, after: float | None = None, restart: bool = False):
+    def __init__(self, reason: str, after: float | None = None, restart: bool = False,
+                 attempts: int | None = None):
         super().__init__(reason)
         self.after = after  # Retry-After seconds
         self.restart = restart  # the partial bytes are worthless
+        self.attempts = attempts  # at most this many attempts for a fault of this kind (None: retries + 1)
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -344,6 +351,9 @@ class _Download:
                     f"({_reason(err)}). For a private CA, point REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its "
                     "bundle.") from None
             raise _Transient(_reason(err)) from None
+        except urllib3.exceptions.NameResolutionError as err:
+            # Retried once (a resolver hiccup), not five times: a wrong host name stays wrong.
+            raise _Transient(_reason(err), attempts=DNS_ATTEMPTS) from None
         except urllib3.exceptions.HTTPError as err:
             raise _Transient(_reason(err)) from None
         try:
@@ -497,7 +507,12 @@ class _Download:
                 if time.monotonic() + delay > self.deadline:
                     why += f"; no retry fits into max_retry_time = {self.net.max_retry_time:g} s"
                     break
+                if last is not None and last.attempts is not None and made >= last.attempts:
+                    break
                 why = ""
+                log.log(logging.WARNING if delay >= LONG_WAIT else logging.INFO,
+                        "%s: %s; retrying in %.1f s (attempt %d of at most %d)", redact(self.url), last, delay,
+                        made + 1, self.net.retries + 1)
                 time.sleep(delay)
                 if last is not None and last.restart:
                     self._restart()

@@ -7,6 +7,8 @@ Configured by ``[settings] registry`` / ``--registry`` / ``$MODELSYNC_REGISTRY``
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -15,6 +17,8 @@ from .errors import NetworkError, OfflineMissing
 from .fetch import Fetched, NetConfig, fetch
 from .oci import RegistryAuthError, RegistryClient
 
+
+log = logging.getLogger(__name__)
 
 class NotInRegistry(OfflineMissing):
     """--registry-only, and the registry does not hold the artifact (or it is not locked)."""
@@ -37,6 +41,7 @@ class RegistrySource:
         try:
             if not self.client.has_blob(digest):
                 self.missing.append(what)
+                log.info("registry %s lacks %s: fetching it from its origin", self.client.ref.host, what)
                 return None
             # The token (if any) goes to the registry's origin only: a redirect to its storage, even on the
             # same host name and another port, never carries it. Plain HTTP to the registry carries it only
@@ -53,6 +58,7 @@ class RegistrySource:
             if self.only:
                 raise
             self.unreachable.append(what)  # a registry outage must not stop a sync the origin can serve
+            log.info("registry %s failed to serve %s: fetching it from its origin", self.client.ref.host, what)
             return None
         return got
 

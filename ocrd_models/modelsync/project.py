@@ -486,11 +486,13 @@ class Project:
                 o.entry = replace(entry, converted_sha256=known)
                 continue
             try:
-                _, digest = self.converter.ensure(w.processor, w.name, o.path, entry.sha256, known)
+                target, digest = self.converter.ensure(w.processor, w.name, o.path, entry.sha256, known)
             except ModelsyncError as err:
                 o.error = err
                 continue
             o.entry = replace(entry, converted_sha256=digest)
+            if digest != known:
+                o.converted = target
 
     def converted_path(self, entry: LockEntry | None) -> Path | None:
         """The converted HDF5 a processor should use instead of the locked model, if conversion is on."""

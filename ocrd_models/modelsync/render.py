@@ -93,6 +93,27 @@ out = _LazyConsole(stderr=False)
 err = _LazyConsole(stderr=True)
 
 
+quiet = False  # -q: only errors (and results on stdout) are printed
+json_emitted = False  # a --json document went to stdout already
+
+
+def say(message: str) -> None:
+    """A line of information on stderr (a summary, a hint); nothing with -q."""
+    if not quiet:
+        err.print(message, markup=False, highlight=False)
+
+
+def note(message: str) -> None:
+    """A note from the library (a retry, a fallback) on stderr, dim on a terminal; nothing with -q."""
+    if quiet:
+        return
+    if not styled(sys.stderr) or _no_color():
+        err.print(f"note: {message}", markup=False, highlight=False)
+        return
+    err.print("[dim]note:[/dim] ", end="", markup=True)
+    err.print(message, markup=False, highlight=False, style="dim")
+
+
 def human_size(n: int | None) -> str:
     """1536 -> '1.5 KiB'; None -> '?'."""
     if n is None:
@@ -122,6 +143,8 @@ JSON_SCHEMA_VERSION = 1  # bump on any incompatible change of a --json document 
 
 def emit_json(doc: dict[str, Any]) -> None:
     """Print one JSON document on stdout (the only thing printed there with --json)."""
+    global json_emitted
+    json_emitted = True
     doc = {"schema_version": JSON_SCHEMA_VERSION, **doc}
     text = json.dumps(_plain(doc), indent=2, ensure_ascii=False, sort_keys=False)
     # json.dumps escapes C0 controls itself; DEL, C1 and bidi overrides are valid JSON as \\u escapes too.
@@ -209,7 +232,9 @@ def short_path(path: str | Path | None, base: Path | None = None) -> str:
 
 
 def warn(message: str) -> None:
-    """A warning line on stderr (coloured on a terminal)."""
+    """A warning line on stderr (coloured on a terminal); nothing with -q."""
+    if quiet:
+        return
     if not styled(sys.stderr) or _no_color():
         err.print(f"warning: {message}", markup=False, highlight=False)
         return

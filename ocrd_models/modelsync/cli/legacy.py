@@ -7,13 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import JsonOpt, app
+from .app import app
+from .options import JsonOpt, QuietOpt, VerboseOpt
 
 
 @app.command()
 def inspect(
-    model: Annotated[Path, typer.Argument(help="A model file or directory.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A model file or directory.")],
     json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Name a model's format and whether loading it can execute code.
 
@@ -26,8 +29,8 @@ def inspect(
     """
     from dataclasses import asdict
 
-    from . import render
-    from .modelformats import identify
+    from .. import render
+    from ..modelformats import identify
 
     info = identify(model)
     if json_out:
@@ -44,14 +47,16 @@ def inspect(
 
 @app.command()
 def convert(
-    model: Annotated[Path, typer.Argument(help="An ocropy/kraken .pyrnn, .pyrnn.gz or .pyrnn.bz2 model.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="An ocropy/kraken .pyrnn, .pyrnn.gz or .pyrnn.bz2 model.")],
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="The HDF5 file to write (default: beside the model, its last extension "
+        "--output", "-o", metavar="FILE", help="The HDF5 file to write (default: beside the model, its last extension "
                                "replaced by .hdf5, as kraken named it).")] = None,
     codec: Annotated[Optional[list[str]], typer.Option(
         "--codec", metavar="CHAR", help="The characters in code order, code 0 first as '' (repeatable), for "
                                         "a model without a codec.")] = None,
     json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Convert a pyrnn pickle to kraken's pyrnn-bidi HDF5 (numbers only), atomically.
 
@@ -63,9 +68,9 @@ def convert(
       modelsync convert fraktur-jze.pyrnn.gz                  # -> fraktur-jze.pyrnn.hdf5
       modelsync convert toy.pyrnn.gz -o toy.hdf5 --codec '' --codec b
     """
-    from . import hdf5model, pyrnn, render
-    from .autoconvert import converted_name
-    from .digest import sha256_file
+    from .. import hdf5model, pyrnn, render
+    from ..autoconvert import converted_name
+    from ..digest import sha256_file
 
     hdf5model.check_extra()
     target = output or model.with_name(converted_name(model.name))
@@ -73,7 +78,7 @@ def convert(
     if codec:
         m = pyrnn.with_codec(m, codec)
     elif m.codec is None:
-        from .errors import UserInputError
+        from ..errors import UserInputError
 
         raise UserInputError(f"{model.name} has no codec, so its characters are unknown: give them in code "
                              "order with --codec, code 0 first as '' (e.g. --codec '' --codec a --codec b)")
@@ -83,5 +88,5 @@ def convert(
         render.emit_json({"source": str(model), "output": str(target), "sha256": sha,
                           "input_height": m.input_height, "hidden": m.hidden, "output_classes": m.output_classes})
         return
-    render.err.print(f"wrote {target} (sha256 {sha}): input height {m.input_height}, hidden {m.hidden}, "
-                     f"{m.output_classes} classes", markup=False, highlight=False)
+    render.say(f"wrote {target} (sha256 {sha}): input height {m.input_height}, hidden {m.hidden}, "
+               f"{m.output_classes} classes")

@@ -7,20 +7,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import JsonOpt, ManifestOpt, MirrorOpt, _progress, _project, app
-from .settings import MANIFEST_NAME
+from .app import app
+from .options import JsonOpt, ManifestOpt, MirrorOpt, QuietOpt, VerboseOpt, progress_display, project
 
 
 @app.command()
 def push(
     reference: Annotated[str, typer.Argument(
         metavar="HOST/REPOSITORY[:TAG]", help="Where to push, e.g. registry.example.org/ocr/models:2024-06.")],
-    manifest: ManifestOpt = Path(MANIFEST_NAME),
+    manifest: ManifestOpt = None,
     mirror: MirrorOpt = None,
     chunk_mib: Annotated[Optional[int], typer.Option(
         "--chunk-mib", min=1, metavar="MIB", help="Upload blobs larger than this in chunks of this size "
                                                   "(default 64); smaller ones in one request.")] = None,
     json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Upload every artifact models.lock records to an OCI registry, plus a manifest listing them.
 
@@ -33,12 +35,12 @@ def push(
     \b
     Example: modelsync push registry.example.org/ocr/models:$(git rev-parse --short HEAD)
     """
-    from . import render
+    from .. import render
 
-    prog, ctx = _progress(json_out)
+    prog, ctx = progress_display(json_out)
     with ctx:
-        project = _project(manifest, mirror, None, prog)
-        result = project.push(reference, chunk=chunk_mib << 20 if chunk_mib else None)
+        prj = project(manifest, mirror, None, prog)
+        result = prj.push(reference, chunk=chunk_mib << 20 if chunk_mib else None)
     if json_out:
         render.emit_json({"reference": result.reference, "manifest_digest": result.manifest_digest,
                           "uploaded": result.uploaded, "present": result.present, "skipped": result.skipped,
@@ -46,6 +48,5 @@ def push(
         return
     for s in result.skipped:
         render.warn(f"not pushed: {s}")
-    render.err.print(f"pushed {result.reference} ({result.manifest_digest}): {len(result.uploaded)} uploaded "
-                     f"({render.human_size(result.bytes_uploaded)}), {len(result.present)} already there",
-                     markup=False, highlight=False)
+    render.say(f"pushed {result.reference} ({result.manifest_digest}): {len(result.uploaded)} uploaded "
+               f"({render.human_size(result.bytes_uploaded)}), {len(result.present)} already there")
