@@ -357,3 +357,25 @@ def test_cache_prune_keeps_the_blobs_of_a_lock_with_a_declared_machine_path(sand
     assert sandbox.run("sync").code == 0
     r = sandbox.run("cache", "prune", "--json")
     assert r.code == 0 and json.loads(r.out)["removed"] == [], r.out
+
+
+@pytest.mark.parametrize("command", [("sync", "--frozen"), ("sync",)])
+def test_a_relative_lock_location_through_a_symlink_in_the_checkout_never_leaves_the_project(
+        sandbox, server, outside, command):
+    """A committed ``vendor -> <outside>`` symlink and a lock entry at ``./vendor``: textually inside the
+    project, really outside. It counts as a machine path (refused with --frozen, stale otherwise)."""
+    key = b"ssh-ed25519 AAAA attacker\n"
+    url = server.add("/k", key)
+    (sandbox.project / "vendor").symlink_to(outside)
+    sandbox.lock.write_text(_lock_text(url=url, name="authorized_keys", location="./vendor",
+                                       sha256=sha256(key), size=len(key)))
+    if command == ("sync",):
+        _benign_manifest(sandbox, server)
+    before = _snapshot(outside)
+    r = sandbox.run(*command)
+    if command == ("sync", "--frozen"):
+        assert r.code == 2 and "through a symbolic link" in r.err, r.err
+    else:
+        assert r.code == 0, r.err
+    assert _snapshot(outside) == before and not (outside / "authorized_keys").exists()
+    assert server.count("/k") == 0

@@ -10,6 +10,7 @@ generated file): every field is checked as models.toml checks the same value, an
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -151,10 +152,12 @@ def _entry(raw: Any, i: int, path: Path) -> LockEntry:
     return entry
 
 
-def machine_path_kind(location: str) -> str | None:
+def machine_path_kind(location: str, project_dir: Path | None = None) -> str | None:
     """What makes ``location`` a path on this machine rather than part of the project: "an absolute
     path", "a path in a home directory", "a relative path that leaves the project directory"; None for
-    a location kind or a relative path that stays inside the project (``..`` parts counted, normalised).
+    a location kind or a relative path that stays inside the project (``..`` parts counted, normalised;
+    with ``project_dir``, also once symbolic links in the checkout are resolved: a committed
+    ``vendor -> ~/.ssh`` must not carry a lock's install out of the project).
     """
     if location in LOCATION_KINDS:
         return None
@@ -170,11 +173,16 @@ def machine_path_kind(location: str) -> str | None:
                 return "a relative path that leaves the project directory"
         elif part not in ("", "."):
             depth += 1
+    if project_dir is not None:
+        base = os.path.realpath(project_dir)
+        real = os.path.realpath(os.path.join(base, location))
+        if real != base and not real.startswith(base + os.sep):
+            return "a relative path that leads out of the project through a symbolic link"
     return None
 
 
 def _check_machine_paths(entries: list[LockEntry], path: Path, declared: frozenset[str] | None,
-                         drop: bool) -> list[LockEntry]:
+                         drop: bool, project_dir: Path | None) -> list[LockEntry]:
     """Refuse a machine path in the lock unless models.toml declares exactly that location: modelsync
     writes one only where models.toml declared it, so any other was put there by hand or by someone else.
     With ``drop``, such entries are left out instead (models.toml decides what is wanted: a location it no
@@ -184,7 +192,7 @@ def _check_machine_paths(entries: list[LockEntry], path: Path, declared: frozens
     for i, e in enumerate(entries):
         if e.location in allowed:
             continue
-        kind = machine_path_kind(e.location)
+        kind = machine_path_kind(e.location, project_dir)
         allowed[e.location] = kind is None or (declared is not None and e.location in declared)
         if allowed[e.location] or drop:
             continue
@@ -199,13 +207,15 @@ def _check_machine_paths(entries: list[LockEntry], path: Path, declared: frozens
 
 
 def parse_lock(text: str, path: Path, declared_locations: frozenset[str] | None = None, *,
-               drop_undeclared: bool = False) -> Lockfile:
+               drop_undeclared: bool = False, project_dir: Path | None = None) -> Lockfile:
     """Validate lock text; raise :class:`LockfileError` naming the file, the entry and the field.
 
     ``declared_locations``: the locations this project's models.toml declares
     (:meth:`Manifest.declared_locations`), None when there is no models.toml. A lock entry may hold a
     machine path (absolute, ``~/``, or leaving the project) only when it is one of them; others are
     refused, or with ``drop_undeclared`` left out (when models.toml, not the lock, decides what to install).
+    ``project_dir``: where relative locations are resolved (symbolic links followed) to tell whether they
+    stay inside the project.
     """
     data = parse_toml(text, path, LockfileError)
     version = data.get("version")
@@ -236,15 +246,16 @@ def parse_lock(text: str, path: Path, declared_locations: frozenset[str] | None 
             keys.add(e.key)
         if seen is not None:
             remember_validated(seen, {})
-    entries = _check_machine_paths(entries, path, declared_locations, drop_undeclared)
+    entries = _check_machine_paths(entries, path, declared_locations, drop_undeclared, project_dir)
     return Lockfile(manifest_hash=mh, entries=tuple(sorted(entries, key=lambda e: e.key)))
 
 
 def load_lock(path: Path, declared_locations: frozenset[str] | None = None, *,
-              drop_undeclared: bool = False) -> Lockfile | None:
+              drop_undeclared: bool = False, project_dir: Path | None = None) -> Lockfile | None:
     """Read and check a lock (see :func:`parse_lock`); None when it does not exist."""
     text = _read(path)
-    return None if text is None else parse_lock(text, path, declared_locations, drop_undeclared=drop_undeclared)
+    return None if text is None else parse_lock(text, path, declared_locations, drop_undeclared=drop_undeclared,
+                                                project_dir=project_dir)
 
 
 def lock_digests(path: Path) -> set[str]:

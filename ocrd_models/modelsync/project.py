@@ -127,7 +127,8 @@ class Project:
         --frozen makes the lock the authority, entries at a location models.toml no longer declares are
         stale: left out, so that changing a location in models.toml never locks the project out."""
         declared = self.manifest.declared_locations() if self.manifest_path.exists() else None
-        return load_lock(self.lock_path, declared, drop_undeclared=not self.frozen and declared is not None)
+        return load_lock(self.lock_path, declared, drop_undeclared=not self.frozen and declared is not None,
+                         project_dir=self.project_dir)
 
     @cached_property
     def registry(self) -> Registry:
