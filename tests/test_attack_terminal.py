@@ -107,3 +107,19 @@ def test_a_codec_is_escaped_in_inspect(sandbox, tmp_path):
         j = sandbox.run("inspect", str(model), "--json")
         assert json.loads(j.out)["codec"] == ["", chr(code)]
         assert chr(code) not in j.out
+
+
+def test_a_file_name_and_a_cache_dir_from_a_cloned_manifest_are_escaped(sandbox, tmp_path):
+    model = tmp_path / f"model{HOSTILE}.traineddata"
+    model.write_bytes(b"not a model")
+    for runner in ("pipe", "pty"):
+        if runner == "pipe":
+            out = sandbox.run("inspect", str(model)).out
+        else:
+            r = run_on_pty(["inspect", str(model)], cwd=sandbox.project, env=sandbox.env(), columns=200)
+            out = r.raw.decode("utf-8", "replace")
+        for raw in ("\x1b]0;", "\x07", "\x9b", "\u202e"):
+            assert raw not in out, (runner, out)
+    sandbox.write_manifest('[settings]\ncache_dir = "c\\u001b]0;PWNED\\u0007"\n[processors]\n')
+    r = sandbox.run("cache", "dir")
+    assert r.code == 0 and "\x1b" not in r.out and "\x07" not in r.out and "\\x1b]0;PWNED" in r.out, r.out

@@ -60,12 +60,16 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False, before_rename=None) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new content, never a mix."""
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False, before_rename=None,
+                       private: bool = False) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new content, never a mix.
+
+    ``private``: readable by the owner only (0600), for copies of what may hold secrets."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path.parent, path.name, while_closing=True)
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+        with open(fd, "wb") as fh:
             fh.write(data)
             if durable:
                 fh.flush()
@@ -95,9 +99,10 @@ def _sweep(path: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: Path, text: str, *, durable: bool = False, before_rename=None) -> None:
+def write_text_atomic(path: Path, text: str, *, durable: bool = False, before_rename=None,
+                      private: bool = False) -> None:
     """Text variant of :func:`write_bytes_atomic` (UTF-8)."""
-    write_bytes_atomic(path, text.encode("utf-8"), durable=durable, before_rename=before_rename)
+    write_bytes_atomic(path, text.encode("utf-8"), durable=durable, before_rename=before_rename, private=private)
 
 
 def remove_path(path: Path) -> None:

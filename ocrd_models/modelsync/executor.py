@@ -146,7 +146,7 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
     sigs = commit(temp, final, ctx.deferred_fsync)
     failpoints.hit("record")
     ctx.records.put(InstallRecord(str(final.absolute()), w.processor, w.name, got.installed_digest,
-                                  final.is_dir(), sigs, w.url, entry.sha256))
+                                  final.is_dir(), sigs, entry.url, entry.sha256))  # redacted, as in the lock
     return Outcome(action, entry, path=final, from_cache=not got.downloaded)
 
 

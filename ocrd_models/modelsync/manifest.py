@@ -430,7 +430,7 @@ def _store_parsed(cache: Path, data: dict[str, Any]) -> None:
         # Only JSON-exact data is cached (TOML dates would not round-trip): compare after a trip.
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         if json.loads(text) == data:
-            write_text_atomic(cache, text)
+            write_text_atomic(cache, text, private=True)  # a copy of models.toml: URLs may carry tokens
     except (OSError, TypeError, ValueError):
         pass
 

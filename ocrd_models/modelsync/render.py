@@ -171,6 +171,7 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
     """
     columns = list(columns)
     rows = [["" if v is None else escape_controls(str(v), newlines=False) for v in r] for r in rows]
+    title = None if title is None else escape_controls(title, newlines=False)  # a file's name, say
     if not styled(sys.stdout) or len(rows) > PLAIN_ABOVE:
         _plain_table(columns, rows)
         return
@@ -182,7 +183,7 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
     if sum(widths) + 3 * (len(columns) - 1) > out.width:
         _blocks(title, columns, rows, keys)
         return
-    t = Table(title=title, show_edge=False, header_style="bold", pad_edge=False)
+    t = Table(title=None if title is None else Text(title), show_edge=False, header_style="bold", pad_edge=False)
     for c in columns:
         t.add_column(c, no_wrap=True)
     for r in rows:

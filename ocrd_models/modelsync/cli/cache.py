@@ -34,7 +34,10 @@ def cache_dir_cmd(cache_dir: CacheDirOpt = None, manifest: ManifestOpt = None, v
     \b
     Example: du -sh "$(modelsync cache dir)"
     """
-    typer.echo(str(_cache(cache_dir, manifest).root))
+    from .. import render
+
+    # Escaped like everything printed: the directory may come from a cloned models.toml.
+    render.out.print(str(_cache(cache_dir, manifest).root), markup=False, highlight=False, soft_wrap=True)
 
 
 @cache_app.command("info")

@@ -6,13 +6,16 @@ from pathlib import Path
 
 
 def plan_doc(plan) -> dict:
-    """The plan as the JSON document of ``plan --json`` (and part of ``sync --json``)."""
+    """The plan as the JSON document of ``plan --json`` (and part of ``sync --json``); URLs without
+    their user info and secret parameters, as in the lock (CI logs keep --json output)."""
+    from ..credentials import redact
+
     return {
         "changes": len(plan.changes),
         "actions": [{
             "action": a.kind, "processor": a.processor, "name": a.name, "reason": a.reason,
             "path": str(a.target), "location": a.location_label,
-            "url": a.wanted.url if a.wanted else None, "warnings": list(a.warnings),
+            "url": redact(a.wanted.url) if a.wanted else None, "warnings": list(a.warnings),
         } for a in plan.actions],
     }
 
