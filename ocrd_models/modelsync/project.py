@@ -29,7 +29,7 @@ from .progress import NullProgress, Progress
 from .records import InstallRecord, RecordStore
 from .registry import Registry, canonical_processor
 from .resolve import Wanted, resolve
-from .settings import LOCK_NAME, Environment
+from .settings import LOCK_NAME, MANIFEST_NAME, Environment
 from .state import Observation, Scanner, observe
 
 if TYPE_CHECKING:
@@ -578,3 +578,32 @@ class Project:
                              f"differs: expected {e.converted_sha256}, found {digest}")
         return VerifyRow(e.processor, what, True, str(path), "sha256 ok")
 
+
+
+def find_manifest(start: Path | None = None) -> Path | None:
+    """The nearest models.toml in ``start`` (default: the current directory) or one of its parents,
+    as uv and cargo find theirs; None when there is none."""
+    here = (start or Path.cwd()).absolute()
+    for directory in (here, *here.parents):
+        candidate = directory / MANIFEST_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def open_project(manifest: str | Path | None = None, *, offline: bool = False, frozen: bool = False,
+                 progress: Progress | None = None, env: Environment | None = None) -> Project:
+    """The project of ``manifest`` (default: the nearest models.toml, see :func:`find_manifest`),
+    configured from the environment as the ``modelsync`` command is. The entry point of the Python API:
+    ``plan()``, ``sync()``, ``lock()``, ``status()``, ``verify()`` and ``resolve_model()`` on it.
+
+    Raises :class:`ManifestError` when no models.toml is given or found.
+    """
+    from .errors import ManifestError
+
+    path = Path(manifest) if manifest is not None else find_manifest()
+    if path is None:
+        raise ManifestError(f"no {MANIFEST_NAME} in {Path.cwd()} or a parent directory; create one with "
+                            "`modelsync init`, or pass its path")
+    return Project(path, env or Environment.from_os(), offline=offline, frozen=frozen,
+                   progress=progress or NullProgress())

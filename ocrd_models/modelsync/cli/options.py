@@ -98,12 +98,10 @@ def find_manifest(given: Path | None) -> Path:
     (where `init` creates it and where an error says it is missing)."""
     if given is not None:
         return given
-    here = Path.cwd()
-    for directory in (here, *here.parents):
-        candidate = directory / MANIFEST_NAME
-        if candidate.is_file():
-            return Path(os.path.relpath(candidate, here))
-    return Path(MANIFEST_NAME)
+    from ..project import find_manifest as nearest
+
+    found = nearest()
+    return Path(os.path.relpath(found, Path.cwd())) if found is not None else Path(MANIFEST_NAME)
 
 
 def project(manifest: Path | None, mirror: list[str] | None = None, parallel: int | None = None, progress=None,
