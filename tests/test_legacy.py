@@ -311,6 +311,7 @@ def test_sync_converts_locks_and_substitutes(sandbox, server):
     assert r.code == 0, r.err
     converted = _converted_dir(sandbox) / sha256(data) / "fraktur-jze.pyrnn.hdf5"
     assert converted.is_file()
+    assert f"converted {PROC} fraktur-jze.pyrnn.gz to kraken's HDF5" in r.err, r.err  # sync says so
     lock = sandbox.lock.read_text()
     assert f'converted_sha256 = "{sha256(converted.read_bytes())}"' in lock
     assert (sandbox.data_dir(PROC) / "fraktur-jze.pyrnn.gz").read_bytes() == data  # the original stays
@@ -323,7 +324,7 @@ def test_sync_converts_locks_and_substitutes(sandbox, server):
     # a later run substitutes the existing conversion: nothing converted again, lock unchanged
     before = (converted.stat().st_ino, converted.stat().st_mtime_ns)
     r2 = sandbox.run("sync")
-    assert r2.code == 0 and "unchanged" in r2.err
+    assert r2.code == 0 and "unchanged" in r2.err and "converted " not in r2.err
     assert (converted.stat().st_ino, converted.stat().st_mtime_ns) == before
     assert sandbox.lock.read_text() == lock
     v = json.loads(sandbox.run("verify", "--json").out)
