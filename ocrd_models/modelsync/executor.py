@@ -41,6 +41,7 @@ class Outcome:
     path: Path | None = None
     from_cache: bool = False
     converted: Path | None = None  # a pyrnn model converted to kraken's HDF5 by this run: the file
+    unchanged: bool = False  # fetched again (--upgrade, a pin to verify): the installed bytes were right
 
 
 @dataclass
@@ -137,6 +138,12 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
         return Outcome(action, entry, from_cache=not got.downloaded)
     if cancel.is_set():
         raise Cancelled()
+    if action.refetch and os.path.lexists(final):
+        current = digest_path(final)
+        if current[0] == got.installed_digest:  # the origin serves what is installed: nothing to replace
+            ctx.records.put(InstallRecord(str(final.absolute()), w.processor, w.name, current[0], final.is_dir(),
+                                          current[1], entry.url, entry.sha256))
+            return Outcome(action, entry, path=final, from_cache=not got.downloaded, unchanged=True)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -207,7 +214,7 @@ def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
         ctx.progress.finish(task, False, str(wrapped))
         return Outcome(action, error=wrapped)
     if action.kind != KEEP:
-        verb = "locked" if ctx.obtain_only else action.kind
+        verb = "locked" if ctx.obtain_only else "unchanged" if out.unchanged else action.kind
         ctx.progress.finish(task, True, f"{verb} from cache" if out.from_cache else verb)
     return out
 

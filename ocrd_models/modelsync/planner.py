@@ -32,8 +32,10 @@ def expectation(w: Wanted, locked: LockEntry | None) -> Expectation:
         pin_ok = w.sha256 is None or locked.sha256 in (None, w.sha256)
         if pin_ok:
             return Expectation(locked.sha256 or w.sha256, locked.expected_installed, locked)
-    pinned_file = w.sha256 if w.type == "file" else None
-    return Expectation(w.sha256, pinned_file, None, locked)
+    # A file's pin is its installed digest; a directory's pin is its tree digest; an archive's pin names
+    # the download, which the installed tree can only be checked against by fetching it (see refetch).
+    pinned_installed = w.sha256 if w.type in ("file", "directory") else None
+    return Expectation(w.sha256, pinned_installed, None, locked)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class Action:
     trusted: bool = False  # keep: a fresh install record vouched for it (no record to refresh)
     warnings: tuple[str, ...] = ()
     location_label: str = ""
+    # install/update: fetch from the origin even though a copy is installed (--upgrade, or a pinned
+    # archive whose installed tree nobody verified); the copy is replaced only if the bytes differ.
+    refetch: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -84,8 +89,8 @@ def _describe(hit: Hit) -> str:
     return f"{hit.path} ({hit.candidate.label})"
 
 
-def plan_resource(w: Wanted, exp: Expectation, obs: Observation) -> Action:
-    """Decide what to do for one wanted resource."""
+def plan_resource(w: Wanted, exp: Expectation, obs: Observation, upgrade: bool = False) -> Action:
+    """Decide what to do for one wanted resource (``upgrade``: fetch it from its origin again)."""
     base = dict(processor=w.processor, name=w.name, wanted=w, expect=exp,
                 location_label=obs.target.label)
     target = obs.target_path
@@ -105,6 +110,15 @@ def plan_resource(w: Wanted, exp: Expectation, obs: Observation) -> Action:
         return Action(kind=INSTALL, target=target, reason="not installed", warnings=tuple(not_on_path), **base)
 
     effective = obs.hits[0]
+    refetch = None
+    if upgrade:
+        refetch = "--upgrade: fetched from the origin; replaced only if the bytes changed"
+    elif exp.installed is None and exp.sha256 is not None:
+        refetch = (f"the {w.type} is pinned, and {_describe(effective)} can only be checked against the pin by "
+                   "fetching it; replaced only if it differs")
+    if refetch is not None:
+        return Action(kind=UPDATE if at_target else INSTALL, target=target, found=effective.path, refetch=True,
+                      reason=refetch, warnings=tuple(not_on_path), **base)
     if exp.installed is None:
         where = _describe(effective)
         return Action(kind=KEEP, target=effective.path, found=effective.path, adopt=True,
@@ -133,13 +147,15 @@ def plan_resource(w: Wanted, exp: Expectation, obs: Observation) -> Action:
 
 def make_plan(wanted: list[Wanted], lock: Lockfile | None, observations: dict[tuple[str, str], Observation],
               removals: dict[tuple[str, str], Path] | None = None,
-              expected: dict[tuple[str, str], Expectation] | None = None) -> Plan:
+              expected: dict[tuple[str, str], Expectation] | None = None,
+              upgrade: frozenset[tuple[str, str]] = frozenset()) -> Plan:
     """The whole plan for ``wanted`` (sorted by (processor, name), as :func:`resolve` returns it).
 
     ``removals`` (only when asked to prune) maps unwanted locked keys to their path; ``expected``
-    are the :func:`expectations` if the caller has them already."""
+    are the :func:`expectations` if the caller has them already; ``upgrade`` the keys to fetch from
+    their origin again."""
     exps = expected if expected is not None else expectations(wanted, lock)
-    actions = [plan_resource(w, exps[w.key], observations[w.key]) for w in wanted]
+    actions = [plan_resource(w, exps[w.key], observations[w.key], w.key in upgrade) for w in wanted]
     if not removals:
         return Plan(tuple(actions))  # ``wanted`` comes sorted by (processor, name)
     for key, path in sorted(removals.items()):

@@ -254,7 +254,8 @@ class Project:
             w.key: scan(w.processor, w.name, w.location, exps[w.key].installed) for w in wanted
         }
         removals = self._removals(wanted) if prune else None
-        return make_plan(wanted, lock, obs, removals, exps)
+        upgraded = frozenset(w.key for w in wanted) if upgrade is True else frozenset(upgrade or ())
+        return make_plan(wanted, lock, obs, removals, exps, upgraded)
 
     def _removals(self, wanted: list[Wanted]) -> dict[tuple[str, str], Path]:
         keys = {w.key for w in wanted}

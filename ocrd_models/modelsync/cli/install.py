@@ -126,6 +126,10 @@ def sync(
                     f"instead: {len(source.missing)} it lacks (`modelsync push` adds them), "
                     f"{len(source.unreachable)} it failed to serve")
     done = {k: plan.count(k) for k in ("install", "update", "keep", "remove")}
+    for o in result.outcomes:  # fetched again (--upgrade), and the installed bytes were right
+        if o.unchanged:
+            done[o.action.kind] -= 1
+            done["keep"] += 1
     render.say(f"installed {done['install']}, updated {done['update']}, kept {done['keep']}"
                + (f", removed {done['remove']}" if done["remove"] else "")
                + f"; {prj.lock_path.name} {'written' if result.lock_written else 'unchanged'}")

@@ -1,0 +1,92 @@
+"""What counts as installed (issue 15): upgrades that upgrade, pins that are checked, shadows that
+count, removals that do not orphan, locks only for what happened, one download per URL."""
+
+from __future__ import annotations
+
+import tomllib
+
+from conftest import make_tar, sha256
+
+PROC = "ocrd-x"
+
+
+def _lock(sandbox) -> dict[str, dict]:
+    return {e["name"]: e for e in tomllib.loads(sandbox.lock.read_text()).get("resource", [])}
+
+
+def test_upgrade_fetches_new_bytes_for_files_and_archives(sandbox, server):
+    v1, v2 = b"version one" * 100, b"version two" * 100
+    a1, a2 = make_tar({"m/w.bin": v1}), make_tar({"m/w.bin": v2})
+    server.add("/f.bin", v1)
+    server.add("/a.tar.gz", a1)
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "f.bin", url = "{server.url("/f.bin")}"}}, '
+                           f'{{name = "a", url = "{server.url("/a.tar.gz")}", type = "archive", '
+                           'path_in_archive = "m"}]\n')
+    assert sandbox.run("sync").code == 0
+    server.add("/f.bin", v2)
+    server.add("/a.tar.gz", a2)
+    before = server.count("/f.bin")
+    r = sandbox.run("sync")  # no --upgrade: the lock decides, nothing is fetched
+    assert r.code == 0 and server.count("/f.bin") == before
+    r = sandbox.run("sync", "--upgrade")
+    assert r.code == 0, r.err
+    assert (sandbox.data_dir(PROC) / "f.bin").read_bytes() == v2
+    assert (sandbox.data_dir(PROC) / "a" / "w.bin").read_bytes() == v2
+    locked = _lock(sandbox)
+    assert locked["f.bin"]["sha256"] == sha256(v2) and locked["f.bin"]["size"] == len(v2)
+    assert locked["a"]["sha256"] == sha256(a2) and locked["a"]["size"] == len(a2)  # complete entries
+    assert "updated 2" in r.err
+    again = sandbox.run("sync", "--upgrade")  # the origin still serves v2: fetched, nothing replaced
+    assert again.code == 0 and "kept 2" in again.err, again.err
+    assert server.count("/f.bin") == before + 2
+
+
+def test_upgrade_model_and_lock_upgrade(sandbox, server):
+    v1, v2 = b"one" * 100, b"two" * 100
+    server.add("/f.bin", v1)
+    server.add("/g.bin", v1)
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "f.bin", url = "{server.url("/f.bin")}"}}, '
+                           f'{{name = "g.bin", url = "{server.url("/g.bin")}"}}]\n')
+    assert sandbox.run("sync").code == 0
+    server.add("/f.bin", v2)
+    server.add("/g.bin", v2)
+    r = sandbox.run("lock", "--upgrade-model", "f.bin")
+    assert r.code == 0, r.err
+    assert _lock(sandbox)["f.bin"]["sha256"] == sha256(v2) and _lock(sandbox)["g.bin"]["sha256"] == sha256(v1)
+    assert (sandbox.data_dir(PROC) / "f.bin").read_bytes() == v1  # lock installs nothing
+    fetched = server.count("/f.bin")
+    r = sandbox.run("sync")  # the locked v2 is in the cache already
+    assert r.code == 0 and (sandbox.data_dir(PROC) / "f.bin").read_bytes() == v2
+    assert server.count("/f.bin") == fetched
+
+
+def test_a_failed_upgrade_keeps_the_old_model_and_its_lock(sandbox, server):
+    from httpserver import Fault
+
+    v1 = b"one" * 100
+    server.add("/f.bin", v1)
+    sandbox.write_manifest('[settings.network]\nretries = 0\n'
+                           f'[processors]\n{PROC} = [{{name = "f.bin", url = "{server.url("/f.bin")}"}}]\n')
+    assert sandbox.run("sync").code == 0
+    lock = sandbox.lock.read_text()
+    server.faults["/f.bin"] = Fault(status=500)
+    r = sandbox.run("sync", "--upgrade")
+    assert r.code == 3
+    assert (sandbox.data_dir(PROC) / "f.bin").read_bytes() == v1 and sandbox.lock.read_text() == lock
+
+
+def test_a_pin_on_an_archive_whose_tree_was_adopted_is_checked(sandbox, server):
+    archive = make_tar({"m/w.bin": b"genuine weights"})
+    url = server.add("/a.tar.gz", archive)
+    installed = sandbox.data_dir(PROC) / "a"
+    installed.mkdir(parents=True)
+    (installed / "w.bin").write_bytes(b"something else")  # put there by hand, not what the pin names
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a", url = "{url}", type = "archive", '
+                           f'path_in_archive = "m", sha256 = "{sha256(archive)}"}}]\n')
+    plan = sandbox.run("plan", "--check")
+    assert plan.code == 7 and "pinned" in plan.out, plan.out  # cannot be verified without fetching
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert (installed / "w.bin").read_bytes() == b"genuine weights"
+    assert _lock(sandbox)["a"]["sha256"] == sha256(archive)
+    assert sandbox.run("verify").code == 0 and sandbox.run("plan", "--check").code == 0
