@@ -133,13 +133,23 @@ def test_shadowing_copy_in_an_earlier_location_is_reported(sandbox, server):
     sandbox.write_manifest(_manifest(url))
     assert sandbox.run("sync").code == 0
     (sandbox.project / "m.mlmodel").write_bytes(b"an old copy in the working directory")
-    r = sandbox.run("status")
-    assert "shadowed" in r.err and str(sandbox.project / "m.mlmodel") in r.err
-    # The differing cwd copy is what the processor would use: that is left alone, ours stays right.
+    # One answer everywhere (issue 15): the processor would load the cwd copy, so nothing says "ok".
+    import json
+
+    (row,) = json.loads(sandbox.run("status", "--json").out)["resources"]
+    assert row["state"] == "shadowed" and row["path"] == str(sandbox.project / "m.mlmodel")
+    assert sandbox.run("plan", "--check").code == 7
+    r = sandbox.run("resolve", "ocrd-kraken-recognize", "m.mlmodel")
+    assert r.code == 4 and str(sandbox.project / "m.mlmodel") in r.err and r.out == ""
+    assert sandbox.run("verify").code == 4
+    # sync leaves the differing cwd copy alone (it is somebody's), keeps ours right, and says so.
     r = sandbox.run("sync")
-    assert r.code == 0
+    assert r.code == 4 and "the processor would load" in r.err and str(sandbox.project / "m.mlmodel") in r.err
     assert (sandbox.project / "m.mlmodel").read_bytes().startswith(b"an old copy")
     assert (sandbox.data_dir("ocrd-kraken-recognize") / "m.mlmodel").read_bytes() == BLOB
+    assert "sha256" in sandbox.lock.read_text()  # ours stays locked
+    (sandbox.project / "m.mlmodel").unlink()
+    assert sandbox.run("plan", "--check").code == 0 and sandbox.run("sync").code == 0
 
 
 def test_explicit_directory_off_the_lookup_path_is_warned_about(sandbox, server):
@@ -147,3 +157,18 @@ def test_explicit_directory_off_the_lookup_path_is_warned_about(sandbox, server)
     sandbox.write_manifest(_manifest(url, "/tmp/../" + str(sandbox.root / "elsewhere")))
     r = sandbox.run("plan")
     assert "OCRD_KRAKEN_RECOGNIZE_PATH" in r.err
+
+
+def test_a_tesserocr_location_ocrd_never_looks_at_is_refused(sandbox, server):
+    """ocrd-tesserocr-* find resources only in the module location (Tesseract's tessdata dir)."""
+    url = server.add("/deu.traineddata", BLOB)
+    for decl in (f'ocrd-tesserocr-segment-region = [{{name = "deu.traineddata", url = "{url}", location = "data"}}]',
+                 f'ocrd-tesserocr-recognize = [{{name = "deu.traineddata", url = "{url}", location = "./models"}}]'):
+        sandbox.write_manifest(f"[processors]\n{decl}\n")
+        r = sandbox.run("plan")
+        assert r.code == 2 and "only in its module location" in r.err and "TESSDATA_PREFIX" in r.err, r.err
+    # The project-wide default location does not apply to a tool that restricts its locations.
+    sandbox.write_manifest(f'[settings]\nlocation = "data"\n[processors]\n'
+                           f'ocrd-tesserocr-recognize = [{{name = "deu.traineddata", url = "{url}"}}]\n')
+    assert sandbox.run("sync").code == 0
+    assert (sandbox.tessdata / "deu.traineddata").read_bytes() == BLOB

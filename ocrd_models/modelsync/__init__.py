@@ -29,7 +29,7 @@ _PUBLIC = {
     "Progress": "progress", "NullProgress": "progress",
     **{name: "errors" for name in (
         "ModelsyncError", "UserInputError", "ManifestError", "LockfileError", "UnknownNameError", "LocationError",
-        "NetworkError", "ChecksumMismatch", "LockStale", "OfflineMissing", "ChangesPending", "InstallError",
+        "NetworkError", "ChecksumMismatch", "ShadowedModel", "LockStale", "OfflineMissing", "ChangesPending", "InstallError",
         "UnsafeArchive", "UnsafeModel", "MissingExtra", "SyncFailed", "Failure")},
 }
 

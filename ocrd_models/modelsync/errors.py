@@ -74,6 +74,12 @@ class ChecksumMismatch(ModelsyncError):
         super().__init__(msg)
 
 
+class ShadowedModel(ModelsyncError):
+    """Ours is installed as locked, but the processor finds a differing copy first and would load that."""
+
+    exit_code = EXIT_CHECKSUM
+
+
 class LockStale(ModelsyncError):
     """`--locked` was given and models.lock is missing or out of date."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .credentials import redact
 from .digest import digest_path
-from .errors import InstallError, ModelsyncError, filesystem_error
+from .errors import InstallError, ModelsyncError, ShadowedModel, filesystem_error
 from . import atomic, failpoints
 from .cache import Cache, place
 from .fetch import NetConfig
@@ -21,7 +21,7 @@ from .unpack import Limits
 from .atomic import clean_temp, remove_path
 from .install import Fetcher, Request, commit, obtain
 from .lockfile import LockEntry
-from .planner import INSTALL, KEEP, REMOVE, UPDATE, Action, Plan
+from .planner import INSTALL, KEEP, REMOVE, SHADOWED, UPDATE, Action, Plan
 from .progress import NullProgress, Progress
 from .records import InstallRecord, RecordStore
 from .resolve import Wanted
@@ -172,6 +172,17 @@ def _fallback_notice(ctx: ExecContext):
     return note
 
 
+def _shadowed(action: Action, ctx: ExecContext) -> Outcome:
+    """Ours stays as it is (and locked); the copy the processor loads instead is reported, not touched."""
+    exp = action.expect
+    assert exp is not None and exp.locked is not None and action.found is not None
+    found = digest_path(action.found)[0]
+    raise ShadowedModel(
+        f"the processor would load {action.found} (sha256 {found}), not the locked model at {action.target} "
+        f"(sha256 {exp.installed})\nA copy the processor finds before ours was not put there by modelsync: remove or "
+        "rename it (or declare that location), then run the command again.")
+
+
 def _remove(action: Action, ctx: ExecContext) -> Outcome:
     path = action.target
     rec = ctx.records.get(path)
@@ -192,6 +203,8 @@ def _run(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
             out = _install(action, ctx, cancel)
         elif action.kind == REMOVE:
             out = _remove(action, ctx)
+        elif action.kind == SHADOWED:
+            out = _shadowed(action, ctx)
         else:  # pragma: no cover
             raise AssertionError(action.kind)
     except ModelsyncError as err:

@@ -14,6 +14,10 @@ from .resolve import Wanted
 from .state import Hit, Observation
 
 INSTALL, UPDATE, KEEP, REMOVE = "install", "update", "keep", "remove"
+# Ours is installed and right, but the processor finds a differing copy first and would load that:
+# nothing sync may fix by itself (the copy is somebody's), and not "ok" anywhere (plan --check,
+# status, resolve, sync and verify all say so).
+SHADOWED = "shadowed"
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ def expectation(w: Wanted, locked: LockEntry | None) -> Expectation:
 class Action:
     """One step of a plan."""
 
-    kind: str  # install | update | keep | remove
+    kind: str  # install | update | keep | remove | shadowed
     processor: str
     name: str
     reason: str
@@ -65,7 +69,7 @@ class Action:
 
     @property
     def changes(self) -> bool:
-        """True for install, update and remove."""
+        """True for install, update and remove (and shadowed: not as locked, though sync cannot fix it)."""
         return self.kind != KEEP
 
 
@@ -128,10 +132,10 @@ def plan_resource(w: Wanted, exp: Expectation, obs: Observation, upgrade: bool =
                       reason=f"installed at {effective.candidate.label}"
                              + (" (verified)" if effective.trusted else " (hashed)"), **base)
     if at_target is not None and at_target.digest == exp.installed:
-        return Action(kind=KEEP, target=target, found=effective.path, reason="installed at target",
-                      trusted=at_target.trusted,
-                      warnings=(f"shadowed: the processor finds {_describe(effective)} first, "
-                                "which differs from the locked bytes; remove that copy",), **base)
+        return Action(kind=SHADOWED, target=target, found=effective.path, trusted=at_target.trusted,
+                      reason=f"installed at {at_target.candidate.label}, but the processor finds "
+                             f"{_describe(effective)} first, which differs from the lock: remove that copy",
+                      **base)
     warnings = list(not_on_path)
     if effective.path != target and obs.on_lookup_path:
         order = [h.path for h in obs.hits]

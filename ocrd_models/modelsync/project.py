@@ -18,13 +18,13 @@ from .fetch import NetConfig
 from .unpack import Limits
 from .digest import digest_path, sha256_file
 from .atomic import check_writable, sigint_deferred
-from .errors import (ChangesPending, Failure, InstallError, LockStale, ModelsyncError, OfflineMissing, SyncFailed,
-                     UserInputError, filesystem_error)
+from .errors import (ChangesPending, Failure, InstallError, LockStale, ModelsyncError, OfflineMissing,
+                     ShadowedModel, SyncFailed, UserInputError, filesystem_error)
 from .executor import ExecContext, Outcome, execute
 from .lockfile import LockEntry, Lockfile, load_lock, write_lock
 from .locations import Locations
 from .manifest import Manifest, Settings, load_manifest
-from .planner import KEEP, Plan, expectations, make_plan
+from .planner import KEEP, SHADOWED, Plan, expectations, make_plan
 from .progress import NullProgress, Progress
 from .records import InstallRecord, RecordStore
 from .registry import Registry, canonical_processor
@@ -510,6 +510,11 @@ class Project:
         if a is None or a.wanted is None:
             raise UserInputError(f"{processor} {name} is not declared in {self.manifest_path}; "
                                  f"add it with `modelsync add {processor} {name}`")
+        if a.kind == SHADOWED:
+            raise ShadowedModel(
+                f"{processor} {name}: the processor would load {a.found}, which is not the locked model (ours is "
+                f"at {a.target}); remove or rename that copy. `modelsync resolve` prints a path only when it is "
+                "what the processor loads.")
         if a.kind != KEEP:
             raise ModelsyncError(f"{processor} {name} is not installed as declared ({a.reason}); run `modelsync sync`")
         entry = self.lockfile.by_key().get(key) if self.lockfile else None
@@ -528,6 +533,8 @@ class Project:
             if a.kind == KEEP:
                 state = "unlocked" if a.adopt else "ok"
                 path = str(a.target)
+            elif a.kind == SHADOWED:
+                state, path = "shadowed", str(a.found)  # the path the processor loads
             elif a.kind == "install":
                 state, path = "missing", None
             else:

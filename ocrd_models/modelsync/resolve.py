@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from .autoconvert import is_pyrnn_name
 from .credentials import redact
 from .errors import UnknownNameError, UserInputError
-from .manifest import Manifest, ModelSpec
+from .manifest import LOCATION_KINDS, Manifest, ModelSpec
 from .registry import Registry, canonical_processor, did_you_mean
 from .resource import ResourceEntry
 
@@ -38,11 +38,29 @@ class Wanted:
         return (redact(self.url), self.type, self.path_in_archive, self.location)
 
 
-def _location(manifest: Manifest, spec: ModelSpec | None, exe: str, default: str) -> str:
-    if spec is not None and spec.location:
-        return spec.location
+def _location(manifest: Manifest, spec: ModelSpec | None, exe: str, default: str,
+              allowed: list[str] | None = None) -> str:
+    """The location of one declaration: the model's, the processor's, ``[settings] location``, the tool's.
+
+    A tool that declares ``resource_locations`` (ocrd-tesserocr-*: only ``module``, Tesseract's
+    tessdata dir) is looked for nowhere else by OCR-D: a location it names explicitly elsewhere is
+    refused; the project-wide ``[settings] location`` does not apply to it.
+    """
     s = manifest.settings
-    return s.locations.get(exe) or s.locations.get(canonical_processor(exe)) or s.location or default
+    explicit = (spec.location if spec is not None else None) or s.locations.get(exe) \
+        or s.locations.get(canonical_processor(exe))
+    if explicit and allowed and explicit not in allowed:
+        kind = f"location {explicit!r}" if explicit in LOCATION_KINDS else f"the directory {explicit!r}"
+        raise UserInputError(
+            f"{exe}: OCR-D looks for its resources only in its {', '.join(allowed)} location (the tool's "
+            f"resource_locations), so {kind} would never be found by the processor. Remove the location"
+            + (" and set TESSDATA_PREFIX to Tesseract's tessdata directory if it is not the processor's own."
+               if exe.startswith("ocrd-tesserocr-") else "."))
+    if explicit:
+        return explicit
+    if s.location and (not allowed or s.location in allowed):
+        return s.location
+    return default
 
 
 def _from_entry(entry: ResourceEntry, spec: ModelSpec | None, location: str) -> Wanted:
@@ -85,25 +103,26 @@ def resolve(manifest: Manifest, registry: Registry, default_location) -> list[Wa
     Raises :class:`UnknownNameError` (with suggestions) for names no source knows.
     """
     wanted: dict[tuple[str, str], Wanted] = {}
-    errors: list[str] = []
+    errors: list[UserInputError] = []
     for exe, specs in manifest.processors.items():
         default = default_location(exe)
+        allowed = registry.resource_locations(exe)
         for spec in specs:
-            loc = _location(manifest, spec, exe, default)
             try:
+                loc = _location(manifest, spec, exe, default, allowed)
                 items = _resolve_one(exe, spec, loc, registry)
-            except UnknownNameError as err:
-                errors.append(str(err))
+            except UserInputError as err:
+                errors.append(err)
                 continue
             for w in items:
                 prev = wanted.get(w.key)
                 if prev is not None and prev != w:
-                    errors.append(f"{w.processor} {w.name} is declared twice with different settings "
-                                  f"(ocrd-tesserocr-* processors share one set of resources)")
+                    errors.append(UserInputError(f"{w.processor} {w.name} is declared twice with different settings "
+                                                 f"(ocrd-tesserocr-* processors share one set of resources)"))
                 wanted[w.key] = w
     if errors:
-        raise UnknownNameError("\n".join(errors)) if len(errors) == 1 else UserInputError(
-            "models.toml has problems:\n" + "\n".join("  " + e.replace("\n", "\n  ") for e in errors))
+        raise errors[0] if len(errors) == 1 else UserInputError(
+            "models.toml has problems:\n" + "\n".join("  " + str(e).replace("\n", "\n  ") for e in errors))
     return sorted(wanted.values(), key=lambda w: w.key)
 
 

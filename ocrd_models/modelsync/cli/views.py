@@ -50,7 +50,7 @@ def render_plan(prj, plan, verbose: bool = False) -> None:
     for a in plan.actions:
         for w in a.warnings:
             render.warn(f"{a.processor} {a.name}: {w}")
-    counts = {k: plan.count(k) for k in ("install", "update", "keep", "remove")}
+    counts = {k: plan.count(k) for k in ("install", "update", "keep", "remove", "shadowed")}
     render.say(", ".join(f"{v} to {k}" for k, v in counts.items() if v) or "nothing declared")
 
 
