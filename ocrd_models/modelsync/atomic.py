@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
-import shutil
 import signal
+import stat
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,14 +107,161 @@ def write_text_atomic(path: Path, text: str, *, durable: bool = False, before_re
 
 
 def remove_path(path: Path) -> None:
-    """Delete a file, symlink or directory tree if it exists."""
+    """Delete a file, symbolic link or directory tree if it exists; a link is removed, never followed.
+
+    A tree of any depth goes: the walk is a loop holding one directory open at a time (Python 3.11's
+    ``shutil.rmtree`` recursed once per level, and a tree 1 000 directories deep raised RecursionError).
+    Only a real directory that we could not empty otherwise is made ``u+rwx`` first, never through a link.
+    """
     try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        _unlink(path)
+        return
+    _owner_rwx(path, st)
+    fd = _open_dir(path)
+    if fd is None:
+        return
+    try:
+        _empty_tree(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
     except FileNotFoundError:
         pass
+
+
+# Directories are opened without following a link at the last component (parents were checked already).
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _unlink(name, dir_fd: int | None = None) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _open_dir(name, dir_fd: int | None = None) -> int | None:
+    """An fd of the directory ``name`` (never of what a link there points to); None if it is gone."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+
+
+def _owner_rwx(name, st: os.stat_result, dir_fd: int | None = None) -> None:
+    """Give the owner rwx on the real directory ``name`` (lstat ``st``) so it can be listed and emptied.
+
+    Only when it lacks them (a read-only directory copied from a ``type = "directory"`` model), and
+    never through a symbolic link: chmod would change the link's target, outside of what we own."""
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o700 == 0o700:
+        return
+    chmod_nofollow(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=dir_fd)
+
+
+def chmod_nofollow(name, mode: int, dir_fd: int | None = None) -> bool:
+    """Change the mode of ``name`` itself; a symbolic link there is left alone (False), never followed."""
+    try:
+        os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except NotImplementedError:
+        pass  # a link (Linux cannot chmod one), or a C library without AT_SYMLINK_NOFOLLOW for chmod
+    # Open the entry itself (O_PATH | O_NOFOLLOW: a link fails with ELOOP) and change the inode the
+    # descriptor holds, as glibc does: nothing can swap a link in between.
+    try:
+        fd = os.open(name, getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return False
+        raise
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            return False
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _empty_tree(fd: int) -> None:
+    """Remove everything inside the directory open as ``fd``, iteratively, one directory fd at a time.
+
+    We go down with ``openat(name, O_NOFOLLOW)`` and back up through ``..``, checked against the
+    (device, inode) we came from: the depth is bounded neither by the recursion limit, nor by the
+    number of open files, nor by PATH_MAX."""
+    top = os.fstat(fd)
+    # One frame per level: (device, inode) of the directory, its name in its parent, subdirectories left.
+    frames = [((top.st_dev, top.st_ino), "", _clear_files(fd))]
+    cur = fd
+    try:
+        while frames:
+            _, name, pending = frames[-1]
+            if pending:
+                sub = pending.pop()
+                child = _enter(cur, sub)
+                if child is None:
+                    continue
+                st = os.fstat(child)
+                if cur != fd:
+                    os.close(cur)
+                cur = child
+                frames.append(((st.st_dev, st.st_ino), sub, _clear_files(cur)))
+                continue
+            frames.pop()
+            if not frames:
+                return
+            parent = os.open("..", _DIR_FLAGS & ~getattr(os, "O_NOFOLLOW", 0), dir_fd=cur)
+            pst = os.fstat(parent)
+            if (pst.st_dev, pst.st_ino) != frames[-1][0]:
+                os.close(parent)
+                raise OSError(errno.EBUSY, "a directory was moved while it was being removed", name)
+            if cur != fd:
+                os.close(cur)
+            cur = parent
+            try:
+                os.rmdir(name, dir_fd=cur)
+            except FileNotFoundError:
+                pass  # removed by someone else meanwhile
+    finally:
+        if cur != fd:
+            os.close(cur)
+
+
+def _enter(dir_fd: int, name: str) -> int | None:
+    """Open the subdirectory ``name`` to empty it (made u+rwx if need be); None if it is gone.
+
+    Something that is no longer a directory (replaced meanwhile) is unlinked instead."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        _unlink(name, dir_fd)
+        return None
+    _owner_rwx(name, st, dir_fd)
+    try:
+        return _open_dir(name, dir_fd)
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    _unlink(name, dir_fd)
+    return None
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every entry of the directory ``fd`` that is not a directory; return the subdirectories."""
+    subdirs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                _unlink(entry.name, fd)
+    return subdirs
 
 
 def clean_temp(directory: Path, include_own: bool = False) -> int:
