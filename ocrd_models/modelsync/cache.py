@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import temp_name, write_text_atomic
+from .atomic import chmod_nofollow, remove_path, temp_name, write_text_atomic
 from .digest import digest_path, sha256_file, walk_tree
 
 SEAL_NS = 0  # mtime of sealed cache files
@@ -36,9 +36,13 @@ LINK_MODES = ("auto", "hardlink", "copy")
 
 def _seal_file(path: Path) -> None:
     # Read-only for everyone; an executable keeps its x bits (hardlinked installs share this mode).
-    executable = os.stat(path).st_mode & stat.S_IXUSR
-    os.chmod(path, 0o555 if executable else 0o444)
-    os.utime(path, ns=(SEAL_NS, SEAL_NS))
+    # Only a regular file is sealed, and never through a symbolic link: a mode or time changed through
+    # a link would land on its target, outside of what we own.
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return
+    chmod_nofollow(path, 0o555 if st.st_mode & stat.S_IXUSR else 0o444)
+    os.utime(path, ns=(SEAL_NS, SEAL_NS), follow_symlinks=False)
 
 
 def _is_sealed(st: os.stat_result) -> bool:
@@ -80,7 +84,12 @@ class Cache:
         marker = self.root / "used" / key
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            # Created and touched where it is, never through a link put there.
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.utime(fd)
+            finally:
+                os.close(fd)
         except OSError:
             pass  # bookkeeping for prune only
 
@@ -89,8 +98,11 @@ class Cache:
         """The verified blob of ``sha256``, or None. A blob whose seal is broken is re-hashed."""
         path = self.blob_path(sha256)
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):  # never ours (a link, a directory): make room for the real one
+            self._discard(path)
             return None
         if not _is_sealed(st):
             if sha256_file(path) != sha256:
@@ -112,11 +124,16 @@ class Cache:
     def get_tree(self, digest: str) -> Path | None:
         """The cached tree (or single file) with ``digest``, or None; re-digested if a seal is broken."""
         path = self.tree_path(digest)
-        if not os.path.lexists(path):
+        try:
+            st = path.lstat()
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):  # never ours (a tree is a directory or a file): never followed
+            self._discard(path)
             return None
         try:
-            entries = [path] if not path.is_dir() else [p for _, _, p in walk_tree(path)]
-            sealed = all(_is_sealed(p.lstat()) for p in entries if p.is_file() and not p.is_symlink())
+            sts = [st] if not stat.S_ISDIR(st.st_mode) else [s for _, s, _ in walk_tree(path)]
+            sealed = all(_is_sealed(s) for s in sts if stat.S_ISREG(s.st_mode))
         except OSError:
             return None
         if not sealed:
@@ -128,7 +145,7 @@ class Cache:
         return path
 
     def _seal_tree(self, path: Path) -> None:
-        if not path.is_dir():
+        if not stat.S_ISDIR(path.lstat().st_mode):
             _seal_file(path)
             return
         for _, st, p in walk_tree(path):
@@ -150,12 +167,9 @@ class Cache:
         return final
 
     def _discard(self, path: Path) -> None:
-        from .atomic import remove_path
-
-        if path.is_dir() and not path.is_symlink():
-            for root, dirs, _ in os.walk(path):
-                for d in dirs:
-                    os.chmod(os.path.join(root, d), 0o755)
+        # remove_path makes a read-only directory of ours writable when it must, never through a link
+        # (this used to chmod every entry os.walk listed as a directory: links to directories included,
+        # so their targets outside the cache became 0755), and walks any depth without recursion.
         remove_path(path)
 
     # -- projects (for prune) --------------------------------------------------------------
@@ -203,14 +217,16 @@ class Cache:
             if not base.is_dir():
                 continue
             for shard in sorted(base.iterdir()):
-                for entry in sorted(shard.iterdir()) if shard.is_dir() else []:
+                # A link in place of a shard is not followed: prune would remove what it points to.
+                for entry in sorted(shard.iterdir()) if shard.is_dir() and not shard.is_symlink() else []:
                     out.append((kind, entry.name, entry))
         return out
 
     def size_of(self, path: Path) -> int:
         """Bytes of an entry (a tree's files added up)."""
-        if not path.is_dir():
-            return path.lstat().st_size
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):
+            return st.st_size
         return sum(st.st_size for _, st, _ in walk_tree(path) if stat.S_ISREG(st.st_mode))
 
     def stats(self) -> CacheStats:
@@ -248,7 +264,10 @@ class Cache:
                 self._discard(path)
                 (self.root / "used" / key).unlink(missing_ok=True)
         if not dry_run:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            try:
+                remove_path(self.tmp)  # of any depth; links in it are removed, never followed
+            except OSError:
+                pass  # what is left is removed by the next prune
         return removed
 
 
@@ -265,7 +284,7 @@ def place(source: Path, final: Path, link_mode: str, on_fallback=None) -> tuple[
         nonlocal used
         if used == "hardlink":
             try:
-                os.link(src, dst)
+                os.link(src, dst, follow_symlinks=False)
                 return
             except OSError as err:
                 if link_mode == "hardlink":
@@ -275,7 +294,7 @@ def place(source: Path, final: Path, link_mode: str, on_fallback=None) -> tuple[
                     on_fallback(f"hardlinks not possible from the cache to {final.parent} ({err.strerror}); "
                                 "copying instead (--link-mode copy silences this)")
         shutil.copyfile(src, dst)
-        os.chmod(dst, 0o644)
+        chmod_nofollow(dst, 0o644)
 
     try:
         if source.is_dir():
@@ -291,8 +310,35 @@ def place(source: Path, final: Path, link_mode: str, on_fallback=None) -> tuple[
         else:
             link_or_copy(str(source), str(temp))
     except BaseException:
-        from .atomic import remove_path
-
         remove_path(temp)
         raise
     return temp, used
+
+
+def copy_tree(source: Path, dest: Path, what: str) -> None:
+    """Copy the directory ``source`` to the new directory ``dest`` (a ``type = "directory"`` model).
+
+    A loop over :func:`walk_tree`, not recursion (``shutil.copytree`` recursed twice per level: a
+    model directory some 500 levels deep raised RecursionError). Symbolic links are copied as links,
+    never followed; modes are ours, not the source's: directories 0755, files 0644 (0755 when the
+    owner may execute), so no world-writable, sticky or setuid directory reaches the cache. A FIFO,
+    socket or device is refused (UserInputError naming it): reading one could block forever.
+    """
+    from .errors import UserInputError
+
+    entries = walk_tree(source)
+    for rel, st, _ in entries:
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            raise UserInputError(f"{what}: {rel!r} in the model directory {str(source)!r} is not a file, "
+                                 "directory or symbolic link (a FIFO, socket or device); remove it or point url "
+                                 "at a directory holding only the model's files")
+    os.mkdir(dest, 0o755)
+    for rel, st, path in entries:
+        dst = dest / rel
+        if stat.S_ISDIR(st.st_mode):
+            os.mkdir(dst, 0o755)
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(path), dst)
+        else:
+            shutil.copyfile(path, dst)
+            chmod_nofollow(dst, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
