@@ -18,7 +18,12 @@ link with its target), and decide from it alone:
   something outside), and is made with ``os.link`` inside the tree;
 - files are created with ``O_EXCL | O_NOFOLLOW``, directories with ``mkdir`` (checked
   with ``lstat`` when the name is taken); modes are ours (0644, or 0755 for executables:
-  no setuid, no world-writable), devices and FIFOs are refused.
+  no setuid, no world-writable), devices and FIFOs are refused;
+- a member path of more than ``MAX_DEPTH`` (128) components is refused: real models are a
+  few levels deep, and a tree 1 500 levels deep (a 200-byte archive, its path still within
+  PATH_MAX) broke every recursive walk and removal for whoever met it later;
+- GNU sparse members (old GNU type ``S``, PAX 0.0, 0.1 and 1.0) are refused: their holes
+  come back as real zeros (a 180-byte archive declared 60 GiB), and no model uses them.
 
 Bounds (members, bytes) are enforced while reading, on the bytes really written, and
 decompression is ours too, bounded per call: the cost stays linear in the archive.
@@ -50,6 +55,10 @@ MAX_HOPS = 40  # symbolic links followed in one resolution (the kernel's MAXSYML
 STEPS_PER_LINK = 4096  # path components one link's resolution may walk through
 STEPS_PER_ARCHIVE = 1 << 22  # ... and all of an archive's links together (4M: a few seconds at worst)
 MAX_HEADERS = 1 << 20  # bytes tarfile may read for one member's headers (PAX records, long names, sparse maps)
+# Path components of one member (directories and the name). Real models nest a few levels; 128
+# leaves room for any genuine layout while keeping trees far from Python's recursion limit (1 000),
+# which recursive walks elsewhere (shutil, os.walk before 3.12) still hit.
+MAX_DEPTH = 128
 INLINE_HASH = 64 * 1024  # files declared smaller than this are hashed on our thread
 # O_EXCL | O_NOFOLLOW: never write through a link or over anything already on disk.
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -198,9 +207,15 @@ class _Tree:
         parts = [p for p in name.replace("\\", "/").split("/") if p and p != "."]
         if name.startswith(("/", "\\")) or ".." in parts or "\x00" in name or (parts and ":" in parts[0]):
             raise self._refuse(name, "would be written outside the target directory")
+        # Both checks only concern names of more than 63 characters (MAX_DEPTH components need 255).
         if len(name) > NAME_MAX // 4 and (any(_blen(p) > NAME_MAX for p in parts) or _blen(name) >= PATH_MAX):
             raise self._refuse(name, f"has a name longer than filesystems allow ({NAME_MAX} bytes a component, "
                                      f"{PATH_MAX} in all)")
+        if len(name) > NAME_MAX // 4 and len(parts) > MAX_DEPTH:
+            # The name itself may be kilobytes long: its start says enough.
+            shown = f"{name[:100]!r}... ({len(name)} characters)" if len(name) > 200 else repr(name)
+            raise UnsafeArchive(f"{self.label}: member {shown} is nested {len(parts)} levels deep, more than the "
+                                f"{MAX_DEPTH} allowed; refused (model archives are a few levels deep)")
         return "/".join(parts)
 
     def count(self, name: str, declared: int = 0) -> None:
@@ -470,7 +485,18 @@ class _Forward:
 # -- tar and zip -------------------------------------------------------------------------------
 
 
+def _is_sparse(m: tarfile.TarInfo) -> bool:
+    """A GNU sparse member of any version: old GNU type ``S``, PAX 0.0, 0.1 or 1.0 (tarfile sets
+    ``sparse`` for those), or GNU.sparse.* keys of a version tarfile does not know."""
+    return (m.type == tarfile.GNUTYPE_SPARSE or m.sparse is not None
+            or any(k.startswith("GNU.sparse.") for k in m.pax_headers))
+
+
 def _tar_member(tf: tarfile.TarFile, m: tarfile.TarInfo, tree: _Tree) -> None:
+    if _is_sparse(m):
+        # Its holes would be written out as zeros: 180 bytes declared 60 GiB, within the byte limit.
+        raise UnsafeArchive(f"{tree.label}: member {m.name!r} is a GNU sparse file; refused (model archives "
+                            "never need sparse members: ask the publisher for an archive made without --sparse)")
     tree.count(m.name, m.size if m.isreg() else 0)
     if m.isdir():
         tree.add_dir(m.name)
