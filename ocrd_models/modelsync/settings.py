@@ -6,8 +6,10 @@ Nothing else in the package reads ``os.environ`` directly: functions take an
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 MANIFEST_NAME = "models.toml"
@@ -21,10 +23,29 @@ TESSEROCR_RECOGNIZE = "ocrd-tesserocr-recognize"
 TESSEROCR_PREFIX = "ocrd-tesserocr-"
 
 
+log = logging.getLogger(__name__)
+_reported: set[str] = set()
+
+
+def report_once(logger: logging.Logger, message: str) -> None:
+    """Log a warning the first time this process meets it (several registries or lookups may meet
+    the same problem in one command; it is told once). The CLI renders the logger's warnings."""
+    if message not in _reported:
+        _reported.add(message)
+        logger.warning("%s", message)
+
+
 def _dir(env: dict[str, str], var: str, default: Path) -> Path:
     value = env.get(var, "")
-    # The XDG spec says relative values are invalid and must be ignored.
+    # The XDG spec says relative values are invalid and must be ignored (our own directories).
     return Path(value) if value and os.path.isabs(value) else default
+
+
+def _getcwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the current directory was removed: resolved again when a relative value needs it
+        return None
 
 
 @dataclass(frozen=True)
@@ -32,11 +53,14 @@ class Environment:
     """A snapshot of the environment variables and directories the tool depends on."""
 
     vars: dict[str, str] = field(default_factory=dict)
+    # The directory a relative $XDG_DATA_HOME/$XDG_CONFIG_HOME is taken against, as OCR-D does
+    # (None: the process's current directory when it is needed).
+    cwd: str | None = None
 
     @classmethod
     def from_os(cls) -> "Environment":
-        """Snapshot ``os.environ`` now."""
-        return cls(dict(os.environ))
+        """Snapshot ``os.environ`` and the current directory now."""
+        return cls(dict(os.environ), _getcwd())
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the raw value of an environment variable."""
@@ -49,13 +73,59 @@ class Environment:
 
     @property
     def xdg_data_home(self) -> Path:
-        """``$XDG_DATA_HOME``, default ``~/.local/share`` (the Docker images set /usr/local/share)."""
+        """``$XDG_DATA_HOME`` per the XDG spec, for our own files (converted models); default
+        ``~/.local/share``. OCR-D's ``data`` location uses :attr:`ocrd_xdg_data_home`."""
         return _dir(self.vars, "XDG_DATA_HOME", self.home / ".local" / "share")
 
     @property
     def xdg_config_home(self) -> Path:
-        """``$XDG_CONFIG_HOME``, default ``~/.config``."""
+        """``$XDG_CONFIG_HOME`` per the XDG spec, for our own files (credentials.toml); default
+        ``~/.config``. OCR-D's user database uses :attr:`ocrd_xdg_config_home`."""
         return _dir(self.vars, "XDG_CONFIG_HOME", self.home / ".config")
+
+    @cached_property  # computed (and warned about) once per snapshot
+    def ocrd_xdg_data_home(self) -> Path:
+        """``$XDG_DATA_HOME`` as OCR-D core reads it (``ocrd_utils.config``): see :meth:`_ocrd_dir`."""
+        return self._ocrd_dir("XDG_DATA_HOME", ".local/share")
+
+    @cached_property
+    def ocrd_xdg_config_home(self) -> Path:
+        """``$XDG_CONFIG_HOME`` as OCR-D core reads it (``ocrd_utils.config``): see :meth:`_ocrd_dir`."""
+        return self._ocrd_dir("XDG_CONFIG_HOME", ".config")
+
+    def _ocrd_dir(self, var: str, default: str) -> Path:
+        """OCR-D core's reading (ocrd_utils/config.py): any value that is set is ``Path(value)``:
+        relative to the current directory, an empty value *is* the current directory, ``~`` is a
+        directory name (never expanded). Unset: ``Path($HOME, default)``, where $HOME is also taken
+        as given (unset: the account's home). Relative results are made absolute here (against the
+        directory `ocrd` run next to us would use) and warned about, because a processor takes them
+        against the directory *it* runs in."""
+        if var in self.vars:
+            value, shown = self.vars[var], var
+            path = Path(value)
+        else:
+            value, shown = self.vars.get("HOME"), "HOME"
+            if value is None:
+                home = Path(os.path.expanduser("~"))
+            else:
+                home = Path(value)
+                if not (Path(self._here()) / home).is_dir():  # OCR-D's validator, before it builds the default
+                    report_once(log, f"$HOME={value!r} is not a directory: OCR-D core refuses to start while "
+                                     f"${var} is unset (\"'HOME' set to invalid value\"). Set ${var} or $HOME")
+            path = home / default
+        if path.is_absolute():
+            return path
+        here = self._here()
+        absolute = Path(here) / path
+        what = "empty" if not value else "a relative path" + ("; OCR-D does not expand ~" if "~" in value else "")
+        report_once(log, f"${shown}={value!r} is {what}: OCR-D core takes it against the directory each OCR-D "
+                         f"command runs in, so it finds what modelsync puts in {absolute} only when run in "
+                         f"{here}. Set ${shown} to an absolute path")
+        return absolute
+
+    def _here(self) -> str:
+        """The directory relative OCR-D paths are taken against (the snapshot's, else the process's)."""
+        return self.cwd or os.getcwd()
 
     @property
     def xdg_cache_home(self) -> Path:
@@ -74,13 +144,14 @@ class Environment:
 
     @property
     def ocrd_data_dir(self) -> Path:
-        """OCR-D's ``data`` location root: ``$XDG_DATA_HOME/ocrd-resources``."""
-        return self.xdg_data_home / "ocrd-resources"
+        """OCR-D's ``data`` location root: ``$XDG_DATA_HOME/ocrd-resources``, as OCR-D reads it."""
+        return self.ocrd_xdg_data_home / "ocrd-resources"
 
     @property
     def ocrd_user_database(self) -> Path:
-        """OCR-D's user resource list ``$XDG_CONFIG_HOME/ocrd/resources.yml`` (read only)."""
-        return self.xdg_config_home / "ocrd" / "resources.yml"
+        """OCR-D's user resource list ``$XDG_CONFIG_HOME/ocrd/resources.yml`` (read only), as OCR-D
+        reads the variable."""
+        return self.ocrd_xdg_config_home / "ocrd" / "resources.yml"
 
     @property
     def tessdata_prefix(self) -> Path | None:
