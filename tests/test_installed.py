@@ -90,3 +90,63 @@ def test_a_pin_on_an_archive_whose_tree_was_adopted_is_checked(sandbox, server):
     assert (installed / "w.bin").read_bytes() == b"genuine weights"
     assert _lock(sandbox)["a"]["sha256"] == sha256(archive)
     assert sandbox.run("verify").code == 0 and sandbox.run("plan", "--check").code == 0
+
+
+def test_remove_then_sync_keeps_the_lock_entry_until_prune_removes_the_files(sandbox, server):
+    a, b = b"model a" * 100, b"model b" * 100
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a.bin", url = "{server.add("/a.bin", a)}"}}, '
+                           f'{{name = "b.bin", url = "{server.add("/b.bin", b)}"}}]\n')
+    assert sandbox.run("sync").code == 0
+    assert sandbox.run("remove", PROC, "b.bin").code == 0
+    plan = sandbox.run("plan", "-v")
+    assert plan.code == 0 and "sync --prune" in plan.out and "b.bin" in plan.out, plan.out
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert (sandbox.data_dir(PROC) / "b.bin").exists()  # not deleted without --prune ...
+    assert _lock(sandbox)["b.bin"].get("undeclared") is True  # ... and not forgotten either
+    assert sandbox.run("sync", "--locked").code == 0  # an undeclared entry does not make the lock stale
+    r = sandbox.run("sync", "--prune")
+    assert r.code == 0, r.err
+    assert not (sandbox.data_dir(PROC) / "b.bin").exists() and "b.bin" not in _lock(sandbox)
+    assert "-0.0s" not in r.err and "0 B in" not in r.err, r.err  # a removal has no size nor duration
+    assert (sandbox.data_dir(PROC) / "a.bin").read_bytes() == a
+
+
+def test_remove_prune_does_both_at_once_and_spares_changed_files(sandbox, server):
+    a, b = b"model a" * 100, b"model b" * 100
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a.bin", url = "{server.add("/a.bin", a)}"}}, '
+                           f'{{name = "b.bin", url = "{server.add("/b.bin", b)}"}}]\n')
+    assert sandbox.run("sync").code == 0
+    r = sandbox.run("remove", PROC, "b.bin", "--prune")
+    assert r.code == 0, r.err
+    assert not (sandbox.data_dir(PROC) / "b.bin").exists() and "b.bin" not in _lock(sandbox)
+    assert server.count("/a.bin") == 1  # nothing else fetched or installed
+    (sandbox.data_dir(PROC) / "a.bin").write_bytes(b"edited by hand")
+    r = sandbox.run("remove", PROC, "a.bin", "--prune")
+    assert r.code == 8 and "changed since" in r.err, r.err
+    assert (sandbox.data_dir(PROC) / "a.bin").read_bytes() == b"edited by hand"
+
+
+def test_an_all_failed_first_sync_writes_no_lock(sandbox, server):
+    sandbox.write_manifest('[settings.network]\nretries = 0\n'
+                           f'[processors]\n{PROC} = [{{name = "x.bin", url = "{server.url("/missing")}"}}]\n')
+    r = sandbox.run("sync")
+    assert r.code == 3 and not sandbox.lock.exists()
+
+
+def test_locked_always_lists_the_difference_it_complains_about(sandbox, server):
+    a = b"model a" * 100
+    good = f'{{name = "a.bin", url = "{server.add("/a.bin", a)}"}}'
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{good}]\n')
+    assert sandbox.run("sync").code == 0
+    # add a model whose local file is missing, sync (it fails), take it back
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{good}, {{name = "m.bin", url = "./nowhere.bin"}}]\n')
+    assert sandbox.run("sync").code == 2
+    r = sandbox.run("sync", "--locked")
+    assert r.code == 5 and "+ ocrd-x m.bin: declared, not locked" in r.err, r.err
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{good}]\n# a comment\n')
+    r = sandbox.run("sync", "--locked")
+    assert r.code == 0, r.err  # nothing differs that sync would install: no complaint without a reason
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a.bin", url = "{server.url("/a2.bin")}"}}]\n')
+    r = sandbox.run("sync", "--locked")
+    assert r.code == 5 and "url" in r.err and "/a2.bin" in r.err, r.err

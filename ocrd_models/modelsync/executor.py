@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .credentials import redact
@@ -84,6 +84,9 @@ def entry_for(w: Wanted, *, sha256: str | None, size: int | None, installed: str
 
 
 def _keep(action: Action, ctx: ExecContext) -> Outcome:
+    if action.undeclared:  # stays in the lock, marked, until --prune removes it
+        assert action.expect is not None and action.expect.locked is not None
+        return Outcome(action, replace(action.expect.locked, undeclared=True), path=action.target)
     w, exp = action.wanted, action.expect
     assert w is not None and exp is not None
     path = action.target

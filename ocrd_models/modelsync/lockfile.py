@@ -50,6 +50,9 @@ class LockEntry:
     installed_sha256: str | None = None
     fetched_url: str | None = None
     converted_sha256: str | None = None  # of the kraken HDF5 converted from this pyrnn model
+    # No longer declared in models.toml but still installed by modelsync: kept so that `sync --prune`
+    # can remove it later (a `remove` followed by a plain `sync` must not orphan the files).
+    undeclared: bool | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -144,6 +147,8 @@ def _entry(raw: Any, i: int, path: Path) -> LockEntry:
     for key in ("sha256", "installed_sha256", "converted_sha256"):
         if key in raw and not (isinstance(raw[key], str) and _SHA.fullmatch(raw[key])):
             raise LockfileError(f"{where}: field {key!r} must be 64 lowercase hexadecimal digits. {_NEXT}")
+    if "undeclared" in raw and raw["undeclared"] is not True:
+        raise LockfileError(f"{where}: field 'undeclared' must be true when present. {_NEXT}")
     if "size" in raw and not (type(raw["size"]) is int and raw["size"] >= 0):  # bool is an int too
         raise LockfileError(f"{where}: field 'size' must be a non-negative integer. {_NEXT}")
     entry = LockEntry(**raw)

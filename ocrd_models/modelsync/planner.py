@@ -6,7 +6,7 @@ No I/O happens here: the observations (what exists, with digests) are gathered b
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .lockfile import LockEntry, Lockfile
@@ -32,6 +32,8 @@ class Expectation:
 
 def expectation(w: Wanted, locked: LockEntry | None) -> Expectation:
     """What the lock (if it still applies) or the manifest's pin says the bytes must be."""
+    if locked is not None and locked.undeclared:
+        locked = replace(locked, undeclared=None)  # declared again
     if locked is not None and locked.declaration() == w.declaration():
         pin_ok = w.sha256 is None or locked.sha256 in (None, w.sha256)
         if pin_ok:
@@ -61,6 +63,7 @@ class Action:
     # install/update: fetch from the origin even though a copy is installed (--upgrade, or a pinned
     # archive whose installed tree nobody verified); the copy is replaced only if the bytes differ.
     refetch: bool = False
+    undeclared: bool = False  # keep: locked and installed by us, no longer declared (--prune removes it)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -150,21 +153,31 @@ def plan_resource(w: Wanted, exp: Expectation, obs: Observation, upgrade: bool =
 
 
 def make_plan(wanted: list[Wanted], lock: Lockfile | None, observations: dict[tuple[str, str], Observation],
-              removals: dict[tuple[str, str], Path] | None = None,
+              undeclared: dict[tuple[str, str], Path] | None = None,
               expected: dict[tuple[str, str], Expectation] | None = None,
-              upgrade: frozenset[tuple[str, str]] = frozenset()) -> Plan:
+              upgrade: frozenset[tuple[str, str]] = frozenset(), prune: bool = False,
+              previous: Lockfile | None = None) -> Plan:
     """The whole plan for ``wanted`` (sorted by (processor, name), as :func:`resolve` returns it).
 
-    ``removals`` (only when asked to prune) maps unwanted locked keys to their path; ``expected``
-    are the :func:`expectations` if the caller has them already; ``upgrade`` the keys to fetch from
-    their origin again."""
+    ``undeclared`` maps locked keys models.toml no longer declares, still installed by us, to their
+    path: removed with ``prune``, else kept (and kept in the lock, ``previous``) with a reason saying
+    how to remove them; ``expected`` are the :func:`expectations` if the caller has them already;
+    ``upgrade`` the keys to fetch from their origin again."""
     exps = expected if expected is not None else expectations(wanted, lock)
     actions = [plan_resource(w, exps[w.key], observations[w.key], w.key in upgrade) for w in wanted]
-    if not removals:
+    if not undeclared:
         return Plan(tuple(actions))  # ``wanted`` comes sorted by (processor, name)
-    for key, path in sorted(removals.items()):
-        actions.append(Action(kind=REMOVE, processor=key[0], name=key[1], target=path,
-                              reason="no longer declared in models.toml", expect=None))
+    locked = (previous or lock).by_key() if (previous or lock) else {}
+    for key, path in sorted(undeclared.items()):
+        entry = locked.get(key)
+        exp = Expectation(entry.sha256, entry.expected_installed, entry) if entry else None
+        if prune:
+            actions.append(Action(kind=REMOVE, processor=key[0], name=key[1], target=path, expect=exp,
+                                  reason="no longer declared in models.toml"))
+        else:
+            actions.append(Action(kind=KEEP, processor=key[0], name=key[1], target=path, expect=exp,
+                                  undeclared=True, reason="no longer declared in models.toml; still installed "
+                                  "(by modelsync): `modelsync sync --prune` removes it"))
     return Plan(tuple(sorted(actions, key=lambda a: a.key)))
 
 

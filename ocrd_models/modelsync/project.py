@@ -24,7 +24,7 @@ from .executor import ExecContext, Outcome, execute
 from .lockfile import LockEntry, Lockfile, load_lock, write_lock
 from .locations import Locations
 from .manifest import Manifest, Settings, load_manifest
-from .planner import KEEP, SHADOWED, Plan, expectations, make_plan
+from .planner import KEEP, REMOVE, SHADOWED, Plan, expectations, make_plan
 from .progress import NullProgress, Progress
 from .records import InstallRecord, RecordStore
 from .registry import Registry, canonical_processor
@@ -188,8 +188,6 @@ class Project:
         if lock is None:
             return [f"{self.lock_path.name} does not exist"]
         reasons = []
-        if lock.manifest_hash != self.manifest.normalized_hash():
-            reasons.append(f"{self.manifest_path.name} changed since {self.lock_path.name} was written")
         locked = lock.by_key()
         wanted = self.wanted()
         for w in wanted:
@@ -203,8 +201,17 @@ class Project:
                     reasons.append(f"~ {w.processor} {w.name}: {field_name} {old!r} -> {new!r}")
             if w.sha256 and e.sha256 not in (None, w.sha256):
                 reasons.append(f"~ {w.processor} {w.name}: pinned sha256 {w.sha256} differs from the lock's {e.sha256}")
+            if e.sha256 and self.wants_conversion(w) != bool(e.converted_sha256):
+                reasons.append(f"~ {w.processor} {w.name}: convert = {str(self.wants_conversion(w)).lower()}, "
+                               "the lock says the opposite")
         for key in sorted(set(locked) - {w.key for w in wanted}):
-            reasons.append(f"- {key[0]} {key[1]}: locked, no longer declared")
+            if not locked[key].undeclared:
+                reasons.append(f"- {key[0]} {key[1]}: locked, no longer declared")
+        # The manifest hash is the fast answer; when it differs, the reasons above say how. When none does,
+        # models.toml changed in a way that installs nothing else (a comment, parallel, a failed run's
+        # declaration taken back): the lock is up to date, and --locked must not fail without a reason.
+        if reasons and lock.manifest_hash != self.manifest.normalized_hash():
+            reasons.insert(0, f"{self.manifest_path.name} changed since {self.lock_path.name} was written:")
         return reasons
 
     def check_locked(self) -> None:
@@ -253,18 +260,21 @@ class Project:
         obs: dict[tuple[str, str], Observation] = {
             w.key: scan(w.processor, w.name, w.location, exps[w.key].installed) for w in wanted
         }
-        removals = self._removals(wanted) if prune else None
         upgraded = frozenset(w.key for w in wanted) if upgrade is True else frozenset(upgrade or ())
-        return make_plan(wanted, lock, obs, removals, exps, upgraded)
+        return make_plan(wanted, lock, obs, self._undeclared(wanted), exps, upgraded, prune, self.lockfile)
 
-    def _removals(self, wanted: list[Wanted]) -> dict[tuple[str, str], Path]:
+    def _undeclared(self, wanted: list[Wanted]) -> dict[tuple[str, str], Path]:
+        """Locked resources models.toml no longer declares that modelsync installed (its record): their
+        paths, for --prune to remove (if nobody changed them) and the lock to keep until then."""
         keys = {w.key for w in wanted}
         out = {}
         for e in (self.lockfile.entries if self.lockfile else ()):
             if e.key not in keys:
-                path = self.locations.directory(e.location, e.processor) / e.name
-                rec = self.records.get(path)
-                if rec is not None:
+                try:
+                    path = self.locations.directory(e.location, e.processor) / e.name
+                except ModelsyncError:
+                    continue  # its location cannot be found on this machine: nothing of ours there
+                if self.records.get(path) is not None:  # a changed one is reported by --prune, not removed
                     out[e.key] = path
         return out
 
@@ -295,12 +305,13 @@ class Project:
                            registry=self.registry_source)
 
     def _finish(self, plan: Plan, outcomes: list[Outcome], write: bool = True,
-                interrupted: bool = False) -> SyncResult:
+                interrupted: bool = False, partial: bool = False) -> SyncResult:
         """Write the lock from the outcomes (so finished work is kept); raise if anything failed.
 
-        ``interrupted``: a Ctrl-C stopped the run; actions without an outcome keep what the lock knew
+        ``partial``: only some actions ran (``prune``); those without an outcome keep what the lock knew
         (their files were not touched), and the lock is written only if something was installed or
-        removed, so that it names what is on disk.
+        removed, so that it names what is on disk. ``interrupted``: the same after a Ctrl-C, and nothing
+        is raised (the caller re-raises the KeyboardInterrupt).
         """
         previous = self.lockfile.by_key() if self.lockfile else {}
         entries: dict[tuple[str, str], LockEntry] = {}
@@ -310,10 +321,12 @@ class Project:
             elif o.error is not None and o.action.key in previous:
                 # A failed update keeps what the lock knew, so nothing locked is forgotten.
                 entries[o.action.key] = previous[o.action.key]
-        if interrupted:
+        if interrupted or partial:
             done = {o.action.key for o in outcomes}
             entries.update({a.key: previous[a.key] for a in plan.actions if a.key not in done and a.key in previous})
             write = write and any(o.action.kind != KEEP and o.error is None for o in outcomes)
+        if not previous and not entries:
+            write = False  # nothing installed, and there was no lock: an empty one would claim otherwise
         if write:
             digest = self.manifest.normalized_hash()
             lock = Lockfile(digest).with_entries(list(entries.values()), digest)
@@ -388,6 +401,20 @@ class Project:
             raise
         self._convert(outcomes, place=False)
         return self._finish(plan, outcomes)
+
+    def prune(self) -> SyncResult:
+        """Remove what models.toml no longer declares and modelsync installed, unchanged since (`remove
+        --prune`); nothing is fetched or installed. Raises SyncFailed for what could not be removed."""
+        plan = self.plan(prune=True)
+        removals = Plan(tuple(a for a in plan.actions if a.kind == REMOVE))
+        self._preflight(removals, write_lock=True)
+        ctx = self._context()
+        try:
+            outcomes = execute(removals, ctx)
+        except KeyboardInterrupt:
+            self._finish(plan, ctx.finished_outcomes(), interrupted=True)
+            raise
+        return self._finish(plan, outcomes, partial=True)
 
     def _preflight(self, plan: Plan, *, write_lock: bool, install: bool = True) -> None:
         """Refuse before anything is fetched or replaced when a directory this run writes to is on a

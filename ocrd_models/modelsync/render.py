@@ -274,10 +274,13 @@ class PlainProgress:
             self._bytes[task] = self._bytes.get(task, 0) + nbytes
 
     def finish(self, task: str, ok: bool, message: str) -> None:  # noqa: D102
+        now = time.monotonic()
         with self._lock:
-            secs = time.monotonic() - self._t0.get(task, time.monotonic())
+            secs = now - self._t0.get(task, now)
             n = self._bytes.get(task, 0)
-        if ok:
+        if ok and task not in self._t0:  # nothing was fetched (a removal): no size, no time
+            err.print(f"done {task}: {message}", markup=False, highlight=False)
+        elif ok:
             err.print(f"done {task}: {message}, {human_size(n)} in {secs:.1f}s", markup=False, highlight=False)
         else:  # the reason is in the summary at the end: each failure is told once
             err.print(f"FAILED {task} (the reason follows at the end)", markup=False, highlight=False)

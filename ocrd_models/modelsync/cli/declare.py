@@ -124,21 +124,32 @@ def remove(
     names: Annotated[Optional[list[str]], typer.Argument(
         metavar="NAME", help="Models to remove; none = the whole processor.")] = None,
     manifest: ManifestOpt = None,
+    prune: Annotated[bool, typer.Option(
+        "--prune", help="Also delete their installed files now (only those modelsync installed and nobody "
+                        "changed), and update models.lock.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Remove models from models.toml (comments and layout are kept).
 
-    Installed files stay; `modelsync sync --prune` deletes the ones modelsync installed.
+    Installed files stay, and stay in models.lock (marked undeclared) until `modelsync sync --prune`
+    deletes the ones modelsync installed; --prune does that at once.
 
     \b
-    Example: modelsync remove ocrd-tesserocr-recognize frk.traineddata
+    Example: modelsync remove ocrd-tesserocr-recognize frk.traineddata --prune
     """
     from .. import edit, render
 
     path = find_manifest(manifest)
     removed = edit.remove(path, processor, names or [])
     render.say(f"{path}: {processor}: removed {', '.join(removed)}")
+    if prune:
+        prog, ctx = progress_display(False)
+        with ctx:
+            result = project(path, progress=prog).prune()
+        gone = [o.action.name for o in result.outcomes if o.error is None]
+        render.say(f"deleted {len(gone)} installed resource(s)" + (f": {', '.join(gone)}" if gone else "")
+                   + f"; {result.lock_path.name} {'written' if result.lock_written else 'unchanged'}")
 
 
 @app.command("import")
