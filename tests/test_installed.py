@@ -150,3 +150,22 @@ def test_locked_always_lists_the_difference_it_complains_about(sandbox, server):
     sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a.bin", url = "{server.url("/a2.bin")}"}}]\n')
     r = sandbox.run("sync", "--locked")
     assert r.code == 5 and "url" in r.err and "/a2.bin" in r.err, r.err
+
+
+def test_one_download_per_url_and_per_digest_in_a_run(sandbox, server):
+    big, other = b"a large shared model" * 50_000, b"another shared model" * 50_000
+    server.delay = 0.3  # both workers ask while the first download is still under way
+    url = server.add("/shared.zip", big)
+    sandbox.write_manifest(
+        f'[processors]\nocrd-eynollah-segment = [{{name = "default", url = "{url}"}}]\n'
+        f'ocrd-sbb-binarize = [{{name = "default", url = "{url}"}}]\n'
+        f'ocrd-a = [{{name = "p.bin", url = "{server.add("/one.bin", other)}", sha256 = "{sha256(other)}"}}]\n'
+        f'ocrd-b = [{{name = "p.bin", url = "{server.add("/two.bin", other)}", sha256 = "{sha256(other)}"}}]\n')
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert server.count("/shared.zip") == 1  # two processors, one URL: one download
+    assert server.count("/one.bin") + server.count("/two.bin") == 1  # two URLs, one pinned digest: one
+    for proc in ("ocrd-eynollah-segment", "ocrd-sbb-binarize"):
+        assert (sandbox.data_dir(proc) / "default").read_bytes() == big
+    for proc in ("ocrd-a", "ocrd-b"):
+        assert (sandbox.data_dir(proc) / "p.bin").read_bytes() == other

@@ -19,7 +19,7 @@ from .cache import Cache, place
 from .fetch import NetConfig
 from .unpack import Limits
 from .atomic import clean_temp, remove_path
-from .install import Fetcher, Request, commit, obtain
+from .install import Fetcher, Flights, Request, commit, obtain
 from .lockfile import LockEntry
 from .planner import INSTALL, KEEP, REMOVE, SHADOWED, UPDATE, Action, Plan
 from .progress import NullProgress, Progress
@@ -65,6 +65,7 @@ class ExecContext:
     deferred_fsync: set[Path] = field(default_factory=set)  # directories to flush once, after all installs
     # Outcomes by plan index as they finish: after a Ctrl-C the caller still locks what was installed.
     finished: dict[int, "Outcome"] = field(default_factory=dict)
+    flights: Flights = field(default_factory=Flights)  # one download per artifact in this run
 
     def finished_outcomes(self) -> list["Outcome"]:
         """The outcomes of the actions that finished, in plan order."""
@@ -129,7 +130,7 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
     req = Request(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
                   expected_sha256=exp.sha256, expected_installed=exp.installed)
     fetcher = Fetcher(ctx.mirrors, ctx.base_dir, ctx.offline, advance, lambda t: progress.update_total(task, t),
-                      ctx.net, ctx.limits, ctx.registry)
+                      ctx.net, ctx.limits, ctx.registry, ctx.flights)
     got = obtain(req, ctx.cache, fetcher)
     # Served from the cache, nothing was fetched: keep what the lock knew about the origin.
     locked = exp.locked

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -27,7 +28,7 @@ from .cache import Cache
 from .digest import FileHasher, StatSig, current_sigs, digest_path
 from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError, filesystem_error
 from . import failpoints
-from .fetch import NetConfig, fetch, local_source
+from .fetch import NetConfig, apply_mirrors, fetch, local_source
 from .unpack import Limits, extract, select
 
 if TYPE_CHECKING:
@@ -59,6 +60,36 @@ class Obtained:
     downloaded: bool
 
 
+class Flights:
+    """One fetch per artifact in a run: the first worker asking for a key fetches it, the others wait for
+    it and take the blob it put into the cache (two processors declaring one 5.6 GB URL download it once).
+    Keys: the expected SHA-256 when one is known, else the URL. If the first fetch fails, each waiting
+    worker tries for itself (and reports its own error)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flights: dict[tuple[str, str], list] = {}  # key -> [done event, result or None]
+
+    def fetch_once(self, key: tuple[str, str], fetch: Callable[[], tuple]) -> tuple:
+        """``fetch()``'s result for ``key``: fetched here, or by the worker that asked first."""
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = [threading.Event(), None]
+        if not leader:
+            flight[0].wait()
+            if flight[1] is not None:
+                path, sha, size, fetched_url, _ = flight[1]
+                return path, sha, size, fetched_url, False  # placed from the first one's download
+            return fetch()
+        try:
+            flight[1] = fetch()
+            return flight[1]
+        finally:
+            flight[0].set()
+
+
 @dataclass
 class Fetcher:
     """How to fetch: mirrors, base dir of relative paths, offline switch, progress callbacks."""
@@ -71,10 +102,19 @@ class Fetcher:
     net: NetConfig = field(default_factory=NetConfig)
     limits: Limits = field(default_factory=Limits)
     registry: "RegistrySource | None" = None  # fetch locked artifacts by digest from an OCI registry first
+    flights: Flights | None = None  # shared by the workers of one run: one download per artifact
 
 
 def obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
-    """(path, sha256, size, fetched_url, downloaded) of the verified artifact: cache, registry or origin."""
+    """(path, sha256, size, fetched_url, downloaded) of the verified artifact: cache, registry or origin
+    (once per run and artifact, however many resources declare it: see :class:`Flights`)."""
+    if f.flights is None or local_source(req.url, f.base_dir) is not None:
+        return _obtain_blob(req, cache, f)
+    key = ("sha256", req.expected_sha256) if req.expected_sha256 else ("url", apply_mirrors(req.url, f.mirrors))
+    return f.flights.fetch_once(key, lambda: _obtain_blob(req, cache, f))
+
+
+def _obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
     if req.expected_sha256:
         hit = cache.get_blob(req.expected_sha256)
         if hit is not None:
