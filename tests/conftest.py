@@ -47,6 +47,18 @@ def make_tar(members: dict[str, bytes], compression: str = "gz") -> bytes:
     return buf.getvalue()
 
 
+def make_traineddata(payload: bytes = b"lstm weights") -> bytes:
+    """A Tesseract traineddata container (int32 entry count, int64 offsets, then the components) holding
+    ``payload`` as its one component: enough to pass the header check an adopted model must pass."""
+    import struct
+
+    count = 24  # Tesseract 5's number of component types; all absent but one
+    header = 4 + 8 * count
+    offsets = [-1] * count
+    offsets[17] = header  # TESSDATA_LSTM
+    return struct.pack(f"<i{count}q", count, *offsets) + payload
+
+
 def make_zip(members: dict[str, bytes]) -> bytes:
     """A zip archive of files."""
     buf = io.BytesIO()

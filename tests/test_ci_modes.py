@@ -305,9 +305,12 @@ def test_cache_info_and_prune(sandbox, server):
     assert info["blobs"] == 2 and info["trees"] == 1 and info["projects"] == 1 and info["bytes"] > len(BLOB)
     # Referenced by this project's lock: nothing to prune.
     assert json.loads(sandbox.run("cache", "prune", "--json").out)["removed"] == []
-    # Drop a model from the project: its blob and tree become unreferenced.
+    # Drop a model from the project and its installed files: its blob and tree become unreferenced.
+    # (A plain `remove` keeps the model installed and in the lock, as undeclared: still referenced.)
     sandbox.run("remove", "ocrd-calamari-recognize")
     assert sandbox.run("sync").code == 0
+    assert json.loads(sandbox.run("cache", "prune", "--dry-run", "--json").out)["removed"] == []
+    assert sandbox.run("sync", "--prune").code == 0
     r = sandbox.run("cache", "prune", "--dry-run", "--json")
     doc = json.loads(r.out)
     assert doc["dry_run"] and {x["kind"] for x in doc["removed"]} == {"blob", "tree"}
@@ -349,8 +352,15 @@ def test_import_adopts_known_files_and_lists_unknown_ones(sandbox, server):
     # What `ocrd resmgr download` leaves behind: known names in several locations, plus strays.
     data = sandbox.data_dir("ocrd-cis-ocropy-recognize")
     data.mkdir(parents=True)
-    (data / "fraktur-jze.pyrnn.gz").write_bytes(b"ocropy model")
-    (sandbox.tessdata / "deu.traineddata").write_bytes(b"tesseract deu")
+    # Real-looking copies (an empty or cut-short file is refused: tests/test_installed.py): the known
+    # sizes, a traineddata header, a gzip stream.
+    import gzip
+
+    from conftest import make_traineddata
+
+    deu = make_traineddata(b"w" * 8_628_000)
+    (data / "fraktur-jze.pyrnn.gz").write_bytes(gzip.compress(os.urandom(2_961_000)))
+    (sandbox.tessdata / "deu.traineddata").write_bytes(deu)
     (sandbox.tessdata / "my-own.traineddata").write_bytes(b"unknown")
     cal = sandbox.system / "ocrd-calamari-recognize" / "qurator-gt4histocr-1.0"
     cal.mkdir(parents=True)
@@ -363,7 +373,7 @@ def test_import_adopts_known_files_and_lists_unknown_ones(sandbox, server):
     assert manifest["ocrd-cis-ocropy-recognize"] == ["fraktur-jze.pyrnn.gz"]
     assert manifest["ocrd-calamari-recognize"] == [{"name": "qurator-gt4histocr-1.0", "location": "system"}]
     lock = {e["name"]: e for e in tomllib.loads(sandbox.lock.read_text())["resource"]}
-    assert lock["deu.traineddata"]["sha256"] == sha256(b"tesseract deu")
+    assert lock["deu.traineddata"]["sha256"] == sha256(deu)
     assert "sha256" not in lock["qurator-gt4histocr-1.0"] and lock["qurator-gt4histocr-1.0"]["installed_sha256"]
     assert server.requests == []
     r = sandbox.run("plan", "--json")

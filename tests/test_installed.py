@@ -169,3 +169,43 @@ def test_one_download_per_url_and_per_digest_in_a_run(sandbox, server):
         assert (sandbox.data_dir(proc) / "default").read_bytes() == big
     for proc in ("ocrd-a", "ocrd-b"):
         assert (sandbox.data_dir(proc) / "p.bin").read_bytes() == other
+
+
+def test_junk_in_place_is_not_adopted_but_fetched(sandbox, server):
+    """OCR-D/core#1201: an empty file, an empty directory or junk named like a model is no model."""
+    from conftest import make_traineddata
+
+    good = make_traineddata(b"weights" * 1000)
+    url = server.add("/deu.traineddata", good)
+    archive = server.add("/a.tar.gz", make_tar({"m/w.bin": b"weights"}))
+    sandbox.write_manifest(f'[processors]\nocrd-tesserocr-recognize = [{{name = "deu.traineddata", url = "{url}"}}]\n'
+                           f'{PROC} = [{{name = "a", url = "{archive}", type = "archive", path_in_archive = "m"}}]\n')
+    for junk in (b"", b"0123456789abcdef"):
+        (sandbox.tessdata / "deu.traineddata").write_bytes(junk)
+        (sandbox.data_dir(PROC) / "a").mkdir(parents=True, exist_ok=True)
+        r = sandbox.run("plan")
+        assert "cannot be the model" in r.out, r.out
+        r = sandbox.run("sync")
+        assert r.code == 0, r.err
+        assert (sandbox.tessdata / "deu.traineddata").read_bytes() == good
+        assert (sandbox.data_dir(PROC) / "a" / "w.bin").read_bytes() == b"weights"
+        assert _lock(sandbox)["deu.traineddata"]["sha256"] == sha256(good)
+        sandbox.lock.unlink()
+        import shutil
+
+        shutil.rmtree(sandbox.data_dir(PROC) / "a")
+    # a plausible copy put there by hand is adopted as before (no download)
+    (sandbox.tessdata / "deu.traineddata").write_bytes(make_traineddata(b"hand-made" * 100))
+    before = server.count("/deu.traineddata")
+    assert sandbox.run("sync").code == 0 and server.count("/deu.traineddata") == before
+
+
+def test_import_refuses_what_cannot_be_a_model_and_says_why(sandbox):
+    (sandbox.tessdata / "deu.traineddata").write_bytes(b"")
+    # as large as the known entry says (a size far below the declared one is a check too)
+    (sandbox.tessdata / "frk.traineddata").write_bytes(__import__("conftest").make_traineddata(b"w" * 7_000_000))
+    r = sandbox.run("import")
+    assert r.code == 0, r.err
+    assert "not adopted" in r.err and "deu.traineddata" in r.err and "0 bytes" in r.err, r.err
+    declared = tomllib.loads(sandbox.manifest.read_text())["processors"]["ocrd-tesserocr-recognize"]
+    assert declared == ["frk.traineddata"]

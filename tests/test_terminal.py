@@ -188,7 +188,9 @@ def test_import_push_and_convert_on_a_terminal(sandbox, server, tmp_path):
 
     # import: a model put where OCR-D looks by `ocrd resmgr` (or by hand)
     tess = sandbox.tessdata
-    (tess / "deu.traineddata").write_bytes(b"not really tesseract")
+    from conftest import make_traineddata
+
+    (tess / "deu.traineddata").write_bytes(make_traineddata(b"w" * 8_628_000))  # as large as the entry says
     r = run_on_pty(["import"], cwd=sandbox.project, env=sandbox.env(), columns=80)
     assert r.code == 0, r.text
     assert "Traceback" not in r.text and "unexpected" not in r.text

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import edit
 from .catalog import InstalledRow, list_installed
 from .locations import Locations
+from .plausible import implausible
 from .registry import Registry
 from .settings import Environment
 
@@ -26,11 +27,13 @@ class ImportResult:
     declared: list[InstalledRow] = field(default_factory=list)
     unknown: list[InstalledRow] = field(default_factory=list)
     shadowed: list[InstalledRow] = field(default_factory=list)  # same name found again later in the lookup
+    refused: list[tuple[InstalledRow, str]] = field(default_factory=list)  # cannot be the model: (row, why)
 
 
 def scan(env: Environment, project_dir: Path) -> ImportResult:
     """Split installed resources into known ones (first hit per name, as OCR-D would use) and unknown ones."""
     result = ImportResult()
+    registry = Registry.load(env)
     seen: set[tuple[str, str]] = set()
     rows = sorted(list_installed(env, project_dir), key=lambda r: (r.processor, r.name, _ORDER.get(r.location, 9)))
     for row in rows:
@@ -40,7 +43,12 @@ def scan(env: Environment, project_dir: Path) -> ImportResult:
             result.shadowed.append(row)
         else:
             seen.add((row.processor, row.name))
-            result.declared.append(row)
+            entry = registry.lookup(row.processor, row.name)  # the same check a sync would make
+            why = implausible(Path(row.path), declared_size=entry.size if entry else None)
+            if why:  # an empty or cut-short file is no model (OCR-D/core#1201): not declared, not locked
+                result.refused.append((row, why))
+            else:
+                result.declared.append(row)
     return result
 
 

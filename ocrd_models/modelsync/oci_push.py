@@ -34,6 +34,8 @@ class PushResult:
 
 def pushable(e: LockEntry) -> str | None:
     """Why an entry cannot be pushed, or None."""
+    if e.undeclared:
+        return "no longer declared in models.toml (kept in the lock until `sync --prune`)"
     if e.type == "directory":
         return "a local directory, not a downloaded artifact"
     if not e.sha256:

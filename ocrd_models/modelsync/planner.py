@@ -126,6 +126,11 @@ def plan_resource(w: Wanted, exp: Expectation, obs: Observation, upgrade: bool =
     if refetch is not None:
         return Action(kind=UPDATE if at_target else INSTALL, target=target, found=effective.path, refetch=True,
                       reason=refetch, warnings=tuple(not_on_path), **base)
+    if exp.installed is None and effective.implausible:
+        # Not adopted (OCR-D/core#1201): fetched; a copy at the target is replaced only once the new verifies.
+        return Action(kind=UPDATE if at_target else INSTALL, target=target, found=effective.path,
+                      reason=f"found {_describe(effective)}, but it cannot be the model ({effective.implausible})",
+                      warnings=tuple(not_on_path), **base)
     if exp.installed is None:
         where = _describe(effective)
         return Action(kind=KEEP, target=effective.path, found=effective.path, adopt=True,

@@ -258,7 +258,7 @@ class Project:
         exps = expectations(wanted, lock)
         scan = Scanner(self.locations, self.records, self.cache).observe
         obs: dict[tuple[str, str], Observation] = {
-            w.key: scan(w.processor, w.name, w.location, exps[w.key].installed) for w in wanted
+            w.key: scan(w.processor, w.name, w.location, exps[w.key].installed, w.size) for w in wanted
         }
         upgraded = frozenset(w.key for w in wanted) if upgrade is True else frozenset(upgrade or ())
         return make_plan(wanted, lock, obs, self._undeclared(wanted), exps, upgraded, prune, self.lockfile)

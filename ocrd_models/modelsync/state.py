@@ -27,6 +27,7 @@ class Hit:
     is_dir: bool
     digest: str | None  # None when nothing was expected (not hashed) or unreadable
     trusted: bool  # digest came from a fresh install record
+    implausible: str | None = None  # nothing vouches for it and it cannot be the model: why (plausible.py)
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,12 @@ class Scanner:
             self._routes[key] = route
         return route
 
-    def observe(self, processor: str, name: str, location: str, expected: str | None) -> Observation:
-        """Scan the lookup order of one resource; hash only when a digest is expected and no fresh record vouches."""
+    def observe(self, processor: str, name: str, location: str, expected: str | None,
+                declared_size: int | None = None) -> Observation:
+        """Scan the lookup order of one resource; hash only when a digest is expected and no fresh record vouches.
+
+        With nothing expected (no lock, no pin), the first hit (the one the processor loads, which would be
+        adopted) is checked for plausibility instead (:func:`plausible.implausible`)."""
         route = self._route(processor, location)
         hits: list[Hit] = []
         target_path = route.target_dir_path / name  # one Path object, shared with a hit at the target
@@ -153,7 +158,12 @@ class Scanner:
                     digest = digest_path(Path(path))[0]
                 except OSError:
                     digest = None
-            hits.append(Hit(cand, as_path, is_dir, digest, trusted))
+            why = None
+            if expected is None and not hits and not trusted:  # a fresh install record of ours vouches for it
+                from .plausible import implausible
+
+                why = implausible(Path(path), declared_size=declared_size)
+            hits.append(Hit(cand, as_path, is_dir, digest, trusted, why))
         return Observation(route.target, target_path, tuple(hits), route.on_path)
 
 

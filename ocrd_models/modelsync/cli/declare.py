@@ -152,6 +152,13 @@ def remove(
                    + f"; {result.lock_path.name} {'written' if result.lock_written else 'unchanged'}")
 
 
+def render_row(row) -> dict:
+    """An installed row as the JSON document's dict."""
+    from dataclasses import asdict
+
+    return asdict(row)
+
+
 @app.command("import")
 def import_(
     manifest: ManifestOpt = None,
@@ -186,6 +193,7 @@ def import_(
         lock_written = False
     if json_out:
         render.emit_json({"declared": found.declared, "unknown": found.unknown, "shadowed": found.shadowed,
+                          "refused": [{**render_row(r), "reason": why} for r, why in found.refused],
                           "lock_written": lock_written})
         return
     if found.declared:
@@ -195,5 +203,8 @@ def import_(
         render.warn(f"{r.path} is shadowed by an earlier copy of {r.name} ({r.processor}); not declared")
     for r in found.unknown:
         render.warn(f"unknown to the registry, not declared: {r.path} ({r.processor})")
+    for r, why in found.refused:
+        render.warn(f"not adopted, it cannot be the model ({why}): {r.path} ({r.processor}); "
+                    f"`modelsync add {r.processor} {r.name}` declares it to be fetched")
     render.say(f"{len(found.declared)} declared in {path}, {len(found.unknown)} unknown"
                + (f"; {path.parent / 'models.lock'} written" if lock_written else ""))
