@@ -763,9 +763,6 @@ def test_links_in_a_directory_model_never_change_their_targets_modes(env, via):
     assert cache_tmp_leftovers(env.cache / "ocrd-modelsync") == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="install._directory still copies with shutil.copytree (recursive; RecursionError at "
-                          "about 500 levels): it must call cache.copy_tree (reported, install.py is not ours)")
 def test_deep_directory_model_installs_and_is_removed(env, deep_cleanup):
     model = env.project / "vendor" / "deep"
     model.parent.mkdir()

@@ -209,3 +209,22 @@ def test_import_refuses_what_cannot_be_a_model_and_says_why(sandbox):
     assert "not adopted" in r.err and "deu.traineddata" in r.err and "0 bytes" in r.err, r.err
     declared = tomllib.loads(sandbox.manifest.read_text())["processors"]["ocrd-tesserocr-recognize"]
     assert declared == ["frk.traineddata"]
+
+
+def test_copy_mode_keeps_executable_bits(sandbox, server):
+    import io
+    import os
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, mode, data in (("m/run.sh", 0o755, b"#!/bin/sh\n"), ("m/w.bin", 0o644, b"weights")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tf.addfile(info, io.BytesIO(data))
+    url = server.add("/a.tar.gz", buf.getvalue())
+    sandbox.write_manifest(f'[settings]\nlink_mode = "copy"\n[processors]\n{PROC} = [{{name = "a", url = "{url}", '
+                           'type = "archive", path_in_archive = "m"}]\n')
+    assert sandbox.run("sync").code == 0
+    target = sandbox.data_dir(PROC) / "a"
+    assert os.stat(target / "run.sh").st_mode & 0o111 == 0o111 and os.stat(target / "w.bin").st_mode & 0o111 == 0

@@ -294,7 +294,7 @@ def place(source: Path, final: Path, link_mode: str, on_fallback=None) -> tuple[
                     on_fallback(f"hardlinks not possible from the cache to {final.parent} ({err.strerror}); "
                                 "copying instead (--link-mode copy silences this)")
         shutil.copyfile(src, dst)
-        chmod_nofollow(dst, 0o644)
+        chmod_nofollow(dst, 0o755 if os.lstat(src).st_mode & stat.S_IXUSR else 0o644)  # x bits kept
 
     try:
         if source.is_dir():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import processors
+from .digest import walk_tree
 from .locations import Locations
 from .records import RecordStore
 from .registry import Registry, canonical_processor
@@ -46,14 +47,8 @@ class InstalledRow:
 def _size(path: Path) -> int:
     if not path.is_dir():
         return path.stat().st_size
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
+    # walk_tree is a loop (os.walk recurses: a tree nested deeper than the recursion limit would raise)
+    return sum(st.st_size for _, st, _ in walk_tree(path) if stat.S_ISREG(st.st_mode))
 
 
 def list_installed(env: Environment, project_dir: Path) -> list[InstalledRow]:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .atomic import fsync_dir, remove_path, temp_name
-from .cache import Cache
+from .cache import Cache, copy_tree
 from .digest import FileHasher, StatSig, current_sigs, digest_path
 from .errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError, filesystem_error
 from . import failpoints
@@ -178,7 +177,7 @@ def _directory(req: Request, cache: Cache, f: Fetcher) -> Obtained:
     cache.tmp.mkdir(parents=True, exist_ok=True)
     temp = temp_name(cache.tmp, req.name, suffix=".d")
     try:
-        shutil.copytree(src, temp, symlinks=True)
+        copy_tree(src, temp, req.what)  # no recursion, links kept as links, modes ours
         digest, sigs = digest_path(temp, f.progress)
         _check_installed(req, digest, req.expected_sha256)
         tree = cache.add_tree(temp, digest)
