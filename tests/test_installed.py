@@ -228,3 +228,21 @@ def test_copy_mode_keeps_executable_bits(sandbox, server):
     assert sandbox.run("sync").code == 0
     target = sandbox.data_dir(PROC) / "a"
     assert os.stat(target / "run.sh").st_mode & 0o111 == 0o111 and os.stat(target / "w.bin").st_mode & 0o111 == 0
+
+
+def test_an_edit_through_a_hardlink_is_caught_and_said_and_fetched_again(sandbox, server):
+    data = b"model bytes" * 1000
+    url = server.add("/m.bin", data)
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "m.bin", url = "{url}"}}]\n')
+    assert sandbox.run("sync").code == 0
+    installed = sandbox.data_dir(PROC) / "m.bin"
+    installed.chmod(0o644)
+    with open(installed, "ab") as fh:  # in place: the cache's hardlinked blob is this very file
+        fh.write(b"appended")
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert "cache's copy" in r.err and "fetched again" in r.err, r.err
+    assert installed.read_bytes() == data and server.count("/m.bin") == 2
+    # a deleted file is repaired from the intact cache: no download
+    installed.unlink()
+    assert sandbox.run("sync").code == 0 and installed.read_bytes() == data and server.count("/m.bin") == 2

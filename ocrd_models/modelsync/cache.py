@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import stat
@@ -30,6 +31,7 @@ from pathlib import Path
 from .atomic import chmod_nofollow, remove_path, temp_name, write_text_atomic
 from .digest import digest_path, sha256_file, walk_tree
 
+log = logging.getLogger(__name__)
 SEAL_NS = 0  # mtime of sealed cache files
 LINK_MODES = ("auto", "hardlink", "copy")
 
@@ -106,6 +108,9 @@ class Cache:
             return None
         if not _is_sealed(st):
             if sha256_file(path) != sha256:
+                # Installs are hardlinks of the blob: an installed file edited in place is this file.
+                log.warning("the cache's copy of %s… was changed (an installed model edited in place through "
+                            "its hardlink?): it is fetched again", sha256[:12])
                 self._discard(path)
                 return None
             _seal_file(path)
