@@ -157,8 +157,15 @@ def sandbox(tmp_path, monkeypatch, capsys) -> Sandbox:
     }
     for k, v in env.items():
         monkeypatch.setenv(k, str(v))
-    for var in ("MODELSYNC_MIRRORS", "MODELSYNC_MANIFEST", "MODELSYNC_CACHE_DIR", "MODELSYNC_STATE_DIR"):
-        monkeypatch.delenv(var, raising=False)
+    # Every setting of ours from the developer's shell (MODELSYNC_REGISTRY, MODELSYNC_OFFLINE, ...) and
+    # every proxy or CA variable would change what a test sees: none reaches a test unless it sets it.
+    # (MODELSYNC_OCRD_VENV is the test suite's own: where the interop tests keep OCR-D core.)
+    for var in list(os.environ):
+        if (var.startswith("MODELSYNC_") and var != "MODELSYNC_OCRD_VENV") \
+                or var.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") \
+                or var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "NETRC", "DOCKER_CONFIG",
+                           "NO_COLOR", "FORCE_COLOR"):
+            monkeypatch.delenv(var, raising=False)
     # Only the interpreter's own bin dir (and system dirs) on PATH: no stray ocrd-* processors.
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]))
     monkeypatch.chdir(dirs["project"])
