@@ -194,22 +194,37 @@ def test_same_tree_as_ocrd_resmgr_for_archives(sandbox, server, ocrd_venv):
 
 # -- 4. We never harm OCR-D ----------------------------------------------------------------
 
-def _resmgr_clean(venv: Path, cwd: Path) -> None:
-    """`ocrd resmgr list-installed` and `list-available` (run side by side) exit 0 and log no ERROR."""
+def _resmgr_errors(venv: Path, cwd: Path, ocrd_bug_expected: bool = False) -> set[str]:
+    """Run `ocrd resmgr list-installed` and `list-available` side by side: both exit 0 (with
+    ``ocrd_bug_expected``, list-installed dies of OCR-D's own bug instead, and of nothing else); return
+    the ERROR lines they log, without their time stamps."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
         procs = list(pool.map(lambda cmd: ocrd(venv, "resmgr", cmd, cwd=cwd, check=False),
                               ("list-installed", "list-available")))
-    for proc in procs:
-        assert proc.returncode == 0, proc.stderr
-        errors = [line for line in (proc.stdout + proc.stderr).splitlines() if " ERROR " in line]
-        assert errors == [], errors
+    if ocrd_bug_expected:
+        assert _ocrds_list_installed_bug(procs[0]), ("OCR-D's list-installed no longer crashes here: update "
+                                                     "README 'Proven against OCR-D core'", procs[0].stderr[-2000:])
+    else:
+        assert procs[0].returncode == 0, procs[0].stderr
+    assert procs[1].returncode == 0, procs[1].stderr
+    return {line.split(" ", 1)[1] for proc in procs for line in (proc.stdout + proc.stderr).splitlines()
+            if " ERROR " in line}
 
 
-def test_our_commands_never_harm_ocrd(sandbox, server, ocrd_venv):
-    # Resources for ocrd-dummy, which is installed: OCR-D's own listing is then free of ERRORs.
-    exe = "ocrd-dummy"
+def _resmgr_clean(venv: Path, cwd: Path) -> None:
+    """`ocrd resmgr list-installed` and `list-available` exit 0 and log no ERROR."""
+    assert _resmgr_errors(venv, cwd) == set()
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["processor-installed", "processor-not-installed"])
+def test_our_commands_never_harm_ocrd(sandbox, server, ocrd_venv, installed):
+    # ocrd-dummy is installed (OCR-D's own listing is then free of ERRORs); ocrd-kraken-recognize is not,
+    # the common case: OCR-D's list-installed then dies of its own bug exactly while a file in the data
+    # location is one its user database does not name (here: own.bin from `add --url`, until pruned),
+    # as it does for the same file from `ocrd resmgr download` without its record (see above).
+    exe = "ocrd-dummy" if installed else "ocrd-kraken-recognize"
     # PATH holds OCR-D's `ocrd`, the processor `ocrd-dummy` and our console script: resmgr runs every
     # ocrd-* executable it finds there (the others of the venv would only cost time).
     bindir = sandbox.root / "bin"
@@ -219,25 +234,147 @@ def test_our_commands_never_harm_ocrd(sandbox, server, ocrd_venv):
     (bindir / "modelsync").symlink_to(Path(sys.executable).parent / "modelsync")
     sandbox.monkeypatch.setenv("PATH", os.pathsep.join([str(bindir), "/usr/bin", "/bin"]))
     db = _user_db(sandbox, {exe: [{"url": server.add("/d.bin", b"dummy model"), "name": "d.bin",
-                                   "description": "a model of ocrd-dummy", "size": 11}]})
-    _resmgr_clean(ocrd_venv, sandbox.project)  # the baseline is clean
+                                   "description": f"a model of {exe}", "size": 11}]})
+
+    def unknown_to_ocrd() -> set[str]:
+        """Files in the data location of `exe` that OCR-D's user database does not name."""
+        known = {e["name"] for e in (yaml.safe_load(db.read_text()) or {}).get(exe) or []}
+        folder = sandbox.data_dir(exe)
+        return {p.name for p in folder.iterdir()} - known if folder.is_dir() else set()
+
+    # The baseline: clean for an installed processor; for one that is not, OCR-D logs an ERROR for each
+    # query of it (--dump-json, --dump-module-dir), since its user database names it.
+    baseline = _resmgr_errors(ocrd_venv, sandbox.project)
+    assert (baseline == set()) == installed, baseline
     url = server.add("/own.bin", b"own")
     steps = [
         ("init",), ("add", exe, "d.bin"), ("add", exe, "own.bin", "--url", url), ("lock",), ("sync",),
         ("status",), ("verify",), ("list-installed",), ("available",), ("import",),
         ("remove", exe, "own.bin"), ("sync", "--prune"), ("cache", "prune"),
     ]
+    bug_met = []
     for step in steps:
         before = db.read_bytes()
         r = sandbox.run(*step)
         assert r.code == 0, (step, r.err)
         assert db.read_bytes() == before, f"{step} changed OCR-D's resources.yml"
-        _resmgr_clean(ocrd_venv, sandbox.project)
+        expected = not installed and bool(unknown_to_ocrd())
+        assert _resmgr_errors(ocrd_venv, sandbox.project, ocrd_bug_expected=expected) <= baseline, step
+        bug_met.append(expected)
+    # Not installed: the bug shows from the sync that installs own.bin to the prune that removes it.
+    assert bug_met == ([False] * len(steps) if installed else [False] * 4 + [True] * 7 + [False] * 2)
     # The user database still validates under OCR-D's own schema.
     check = ("import sys, yaml; from ocrd_validators import OcrdResourceListValidator as V; "
              "r = V.validate(yaml.safe_load(open(sys.argv[1]))); print(r.is_valid); sys.exit(0 if r.is_valid else 1)")
     proc = subprocess.run([str(ocrd_venv / "bin" / "python"), "-c", check, str(db)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _list_installed(venv: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return ocrd(venv, "resmgr", "list-installed", cwd=cwd, check=False)
+
+
+def _ocrds_list_installed_bug(proc: subprocess.CompletedProcess) -> bool:
+    """OCR-D core's own crash (3.13, ocrd/resource_manager.py list_installed): for a processor that is
+    not installed get_moduledir() is None, and any file in its data/system dir whose name OCR-D's user
+    database does not list reaches `str(...).startswith(moduledir)`."""
+    return (proc.returncode != 0 and "TypeError: startswith first arg must be str" in proc.stderr
+            and "list_installed" in proc.stderr)
+
+
+def _fresh_ocrd_dirs(sandbox, tag: str) -> tuple[Path, Path]:
+    """Point XDG_DATA_HOME and XDG_CONFIG_HOME at new, empty directories; return them."""
+    data, config = sandbox.root / f"data-{tag}", sandbox.root / f"config-{tag}"
+    data.mkdir()
+    config.mkdir()
+    sandbox.monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    sandbox.monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    return data, config
+
+
+def test_processor_not_installed_same_files_as_resmgr_and_ocrds_own_crash(sandbox, server, ocrd_venv):
+    # The common case: models for a processor that is not installed (yet), from a URL of our own.
+    exe = "ocrd-kraken-recognize"
+    assert shutil.which(exe) is None
+    tar = make_tar({"pkg/models/a.bin": b"A", "pkg/models/sub/b.bin": b"B", "pkg/readme.txt": b"r"})
+    file_url, tar_url = server.add("/m.mlmodel", b"a kraken model"), server.add("/pkg.tar.gz", tar)
+    sandbox.write_manifest(f'[processors]\n{exe} = [\n  {{ name = "m.mlmodel", url = "{file_url}" }},\n'
+                           f'  {{ name = "arch", url = "{tar_url}", type = "archive", path_in_archive = "pkg/models" }},\n]\n')
+    ours_data, ours_config = _fresh_ocrd_dirs(sandbox, "ours")
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    ours = tree_files(ours_data / "ocrd-resources" / exe)
+    assert set(ours) == {"m.mlmodel", "arch/a.bin", "arch/sub/b.bin"}
+    crash = _list_installed(ocrd_venv, sandbox.project)
+    assert _ocrds_list_installed_bug(crash), ("OCR-D's list-installed no longer crashes here: update README "
+                                              "'Proven against OCR-D core'", crash.returncode, crash.stderr[-2000:])
+
+    # `ocrd resmgr download -a` puts exactly the same files there ...
+    theirs_data, theirs_config = _fresh_ocrd_dirs(sandbox, "resmgr")
+    ocrd(ocrd_venv, "resmgr", "download", "-a", "-n", file_url, exe, "m.mlmodel", cwd=sandbox.project)
+    ocrd(ocrd_venv, "resmgr", "download", "-a", "-n", tar_url, "-t", "archive", "-P", "pkg/models", exe, "arch",
+         cwd=sandbox.project)
+    assert tree_files(theirs_data / "ocrd-resources" / exe) == ours
+    # ... and records them in its user database, which is all that spares its list-installed:
+    recorded = yaml.safe_load((theirs_config / "ocrd" / "resources.yml").read_text())
+    assert sorted(e["name"] for e in recorded[exe]) == ["arch", "m.mlmodel"]
+    proc = _list_installed(ocrd_venv, sandbox.project)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Our files with resmgr's records: OCR-D lists them, no crash.
+    sandbox.monkeypatch.setenv("XDG_DATA_HOME", str(ours_data))
+    proc = _list_installed(ocrd_venv, sandbox.project)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "- m.mlmodel @" in proc.stdout and "- arch @" in proc.stdout, proc.stdout
+    # resmgr's files without them (a database edited, reset or copied from elsewhere): the same crash.
+    sandbox.monkeypatch.setenv("XDG_DATA_HOME", str(theirs_data))
+    sandbox.monkeypatch.setenv("XDG_CONFIG_HOME", str(ours_config))
+    assert _ocrds_list_installed_bug(_list_installed(ocrd_venv, sandbox.project))
+
+
+def _fake_processor(bindir: Path, exe: str, tool: dict, module_dir: Path) -> None:
+    """An executable answering --dump-json and --dump-module-dir as an OCR-D processor does."""
+    bindir.mkdir(exist_ok=True)
+    script = bindir / exe
+    script.write_text("#!/bin/sh\ncase \"$1\" in\n"
+                      f"  --dump-json) cat <<'EOF'\n{json.dumps(tool)}\nEOF\n  ;;\n"
+                      f"  --dump-module-dir) echo '{module_dir}' ;;\n"
+                      "  *) echo 'a fake processor: --dump-json or --dump-module-dir' >&2; exit 1 ;;\nesac\n")
+    script.chmod(0o755)
+
+
+def test_installed_processor_same_files_as_resmgr_and_ocrd_attributes_them(sandbox, server, ocrd_venv):
+    exe = f"ocrd-modelsync-fake-{uuid.uuid4().hex[:8]}"
+    tar = make_tar({"pkg/models/a.bin": b"A", "pkg/models/sub/b.bin": b"B", "pkg/readme.txt": b"r"})
+    resources = [
+        {"name": "f.bin", "url": server.add("/f.bin", b"a file model"), "description": "a file", "size": 12},
+        {"name": "arch", "url": server.add("/arch.tar.gz", tar), "description": "an archive", "size": len(tar),
+         "type": "archive", "path_in_archive": "pkg/models"},
+    ]
+    module = sandbox.root / "module"
+    module.mkdir()
+    bindir = sandbox.root / "bin"
+    _fake_processor(bindir, exe, {"executable": exe, "description": "fake", "resources": resources,
+                                  "resource_locations": ["data", "cwd", "system", "module"]}, module)
+    sandbox.monkeypatch.setenv("PATH", os.pathsep.join([str(bindir), os.environ["PATH"]]))
+    # resmgr: the processor's own list, no -a needed
+    theirs_data, _ = _fresh_ocrd_dirs(sandbox, "resmgr")
+    ocrd(ocrd_venv, "resmgr", "download", exe, "*", cwd=sandbox.project)
+    theirs = tree_files(theirs_data / "ocrd-resources" / exe)
+    assert set(theirs) == {"f.bin", "arch/a.bin", "arch/sub/b.bin"}
+    # ours: the names resolved from the processor's --dump-json
+    ours_data, ours_config = _fresh_ocrd_dirs(sandbox, "ours")
+    sandbox.write_manifest(f'[processors]\n{exe} = ["f.bin", "arch"]\n')
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert tree_files(ours_data / "ocrd-resources" / exe) == theirs
+    # OCR-D attributes our files to the processor's own entries (its urls, not "???" stubs).
+    proc = _list_installed(ocrd_venv, sandbox.project)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line for line in (proc.stdout + proc.stderr).splitlines() if " ERROR " in line] == []
+    for res in resources:
+        assert f"- {res['name']} @  ({res['url']})" in proc.stdout, proc.stdout
+    db = yaml.safe_load((ours_config / "ocrd" / "resources.yml").read_text()) or {}
+    assert all(e.get("url") != "???" for e in db.get(exe, [])), db
 
 
 # -- 5. One environment ----------------------------------------------------------------------
