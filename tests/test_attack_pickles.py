@@ -1,9 +1,12 @@
-"""Attacks on the legacy-model readers: pickles that exhaust memory, malformed states and shapes, damaged HDF5.
+"""Attacks on the legacy-model readers: pickles that exhaust memory or time, malformed states and shapes, damaged HDF5.
 
 Every payload is assembled here, opcode by opcode (protocol 2, as ocropy wrote them). Memory bombs
 run in a child process limited to 1 GiB of address space with a generous timeout, so a regression
 fails instead of taking the machine down; the child's peak RSS shows that the refusal came before
-the allocation. Every run checks that nothing was written (a snapshot of the whole test directory,
+the allocation, or (for files that really need the budget) that it stayed within the budget. Memo
+numbers and dict keys built to share one hash bucket run with a 60 s timeout: refused in seconds,
+where they took minutes to hours. Each opcode, repeated until a 16 MiB budget runs out, is traced
+with tracemalloc: what it allocates is what it is charged. Every run checks that nothing was written (a snapshot of the whole test directory,
 the sandbox's HOME/XDG dirs and an outside canary included) and that the exit code is the
 documented one, never 1 ("a bug").
 """
@@ -18,7 +21,10 @@ import resource
 import struct
 import subprocess
 import sys
+import tracemalloc
+import zlib
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -337,6 +343,189 @@ def test_real_models_fit_the_budget_with_room_to_spare(monkeypatch):
         safepickle.load(path)
         (charged,) = spent.values()
         assert charged < safepickle.DEFAULT_MAX_ALLOC // 16, (path.name, charged)
+
+
+# -- hash collisions: keys chosen to share one hash bucket -------------------------------------------------
+
+M61 = 2**61 - 1  # CPython hashes an integer modulo this prime: every multiple of it hashes to 0
+COLLIDING = 150_000  # a dict of that many colliding keys took about 200 s (40 000: 12 s, 160 000: 234 s)
+
+
+def _colliding_puts() -> bytes:
+    """The reported file: protocol 0, None, then PUT j*(2**61-1) for j = 1, 2, ... (1.7 MB gzipped)."""
+    return b"N" + b"".join(b"p%d\n" % (j * M61) for j in range(1, COLLIDING + 1)) + b"."
+
+
+def _colliding_keys_setitems() -> bytes:
+    """A dict (EMPTY_DICT, SETITEMS) whose keys are LONG1 integers j*(2**61-1)."""
+    return b"\x80\x02}(" + b"".join(i(j * M61) + b"N" for j in range(1, COLLIDING + 1)) + b"u."
+
+
+def _colliding_keys_dict() -> bytes:
+    """Protocol 0: MARK, LONG text keys j*(2**61-1) with None values, DICT."""
+    return b"(" + b"".join(b"L%dL\nN" % (j * M61) for j in range(1, COLLIDING + 1)) + b"d."
+
+
+def _colliding_tuple_keys() -> bytes:
+    """Keys (j*(2**61-1),): a tuple's hash is computed from its items', so these collide too."""
+    return b"\x80\x02}(" + b"".join(i(j * M61) + b"\x85N" for j in range(1, COLLIDING + 1)) + b"u."
+
+
+COLLISIONS = {
+    "memo numbers j*(2**61-1) (the reported PUTs)": (_colliding_puts, "memo number"),
+    "dict keys j*(2**61-1) by SETITEMS": (_colliding_keys_setitems, "used as a dict key"),
+    "dict keys j*(2**61-1) by DICT, protocol 0": (_colliding_keys_dict, "used as a dict key"),
+    "tuple keys (j*(2**61-1),)": (_colliding_tuple_keys, "used as a dict key"),
+}
+
+
+def test_colliding_keys_are_what_they_say():
+    assert {hash(j * M61) for j in range(1, 1000)} == {0}
+    assert len({hash((j * M61,)) for j in range(1, 1000)}) == 1
+    assert _colliding_puts().count(b"\np") == COLLIDING - 1 and len(gzip.compress(_colliding_puts(), 6)) < 2_000_000
+
+
+@pytest.mark.parametrize("label", list(COLLISIONS))
+def test_colliding_keys_are_refused_in_seconds(world, label):
+    build, expected = COLLISIONS[label]
+    path = world.put("collide.pyrnn.gz", gzip.compress(build(), 6, mtime=0))
+    for args in (("inspect", str(path)), ("convert", str(path), "-o", str(world.inputs / "out.hdf5"))):
+        # minutes before (quadratic inserts); the timeout only turns a regression into a failure
+        code, err, _ = run_limited(world.sandbox, *args, timeout=60)
+        assert code == 10, (label, args[0], code, err)
+        assert expected in err and "unsafe or invalid model" in err, (label, err)
+        assert "Traceback" not in err and "This is a bug" not in err, err
+    assert world.unchanged()
+
+
+def test_colliding_memo_numbers_through_sync_with_conversion(world, server):
+    url = server.add("/models/collide.pyrnn.gz", gzip.compress(_colliding_puts(), 6, mtime=0))
+    world.sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "collide.pyrnn.gz", url = "{url}", '
+                                 'convert = true }]\n')
+    before = _snapshot(world.root)
+    code, err, _ = run_limited(world.sandbox, "sync", timeout=60)  # minutes before
+    assert code == 10, (code, err)
+    assert "memo number" in err and "Traceback" not in err and "This is a bug" not in err, err
+    after = _snapshot(world.root)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    # the download is installed, cached and recorded (sync's targets); nothing is converted, nothing
+    # written anywhere else (HOME, config, the inputs, the outside canary)
+    assert all(k.split("/")[0] in ("cache", "data", "state", "project") for k in changed), sorted(changed)
+    assert not [k for k in after if "converted" in k or k.endswith(".hdf5")], sorted(after)
+    assert not [k for k in after if ".tmp" in k or ".part" in k], sorted(after)
+
+
+# -- memory: what the loader holds stays within its budget --------------------------------------------------
+
+BUDGET_KIB = safepickle.DEFAULT_MAX_ALLOC // 1024
+BASE_KIB = 160 * 1024  # the interpreter, the CLI's modules and the reader's buffers (about 40 MiB measured)
+
+
+def _string_bomb() -> bytes:
+    """One protocol-0 STRING of 510 MiB: 508 KB gzipped (the report's file)."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    chunk = b"a" * (1 << 20)
+    out = [z.compress(b"S'")] + [z.compress(chunk) for _ in range(510)] + [z.compress(b"'\n."), z.flush()]
+    return b"".join(out)
+
+
+def _memo_puts(first: int) -> bytes:
+    """None, then 16.7 million LONG_BINPUTs numbered first, first+1, ... (25 MB gzipped)."""
+    n = 16_700_000
+    ops = np.empty((n, 5), np.uint8)
+    ops[:, 0] = ord("r")
+    ops[:, 1:] = np.arange(first, first + n, dtype="<u4").view(np.uint8).reshape(n, 4)
+    return gzip.compress(b"\x80\x02N" + ops.tobytes() + b".", 1, mtime=0)
+
+
+OVERSHOOTS = {
+    "a STRING of 510 MiB (peaked at 1.6 GB)": _string_bomb,
+    "16.7 million memo entries 0, 1, 2, ... (a memo dict: 1.4 GB)": lambda: _memo_puts(0),
+    "16.7 million memo entries from 2**31 (the report's: 1.37 GB)": lambda: _memo_puts(2**31),
+}
+
+
+@pytest.mark.parametrize("label", list(OVERSHOOTS))
+def test_reported_overshoots_stay_within_the_budget(world, label):
+    path = world.put("big.pyrnn.gz", OVERSHOOTS[label]())
+    for args in (("inspect", str(path)), ("convert", str(path), "-o", str(world.inputs / "out.hdf5"))):
+        code, err, peak_kib = run_limited(world.sandbox, *args, limit=2 << 30, timeout=300)
+        assert code == 10, (label, args[0], code, err)
+        assert "unsafe or invalid model" in err and "MemoryError" not in err and "Traceback" not in err, err
+        assert peak_kib < BUDGET_KIB + BASE_KIB, (label, args[0], peak_kib)
+    assert world.unchanged()
+
+
+def _distinct(k: int, width: int) -> bytes:
+    return k.to_bytes(8, "little") + b"x" * (width - 8)
+
+
+def _widening_binunicode(n: int) -> bytes:
+    """BINUNICODE of ``n`` ASCII bytes, then a 2-byte and a 4-byte character: the decoder widens twice."""
+    data = b"a" * n + "\u0100\U0001f600".encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+# Each payload repeated until a 16 MiB budget runs out (or one big item): one entry per opcode or
+# shape whose allocations the loader must count, the ones it did not count before included.
+ATOMS: dict[str, tuple[bytes, Callable[[int], bytes]]] = {
+    "MARK": (b"", lambda k: b"("),
+    "EMPTY_LIST": (b"", lambda k: b"]"),
+    "EMPTY_DICT": (b"", lambda k: b"}"),
+    "None": (b"", lambda k: b"N"),
+    "BININT": (b"", lambda k: b"J" + struct.pack("<i", k + 1000)),
+    "INT of 18 digits": (b"", lambda k: b"I%d\n" % (k + 10**17)),
+    "LONG of 61 digits": (b"", lambda k: b"L%dL\n" % (k + 10**60)),
+    "LONG1 of 255 bytes": (b"", lambda k: b"\x8a\xff" + _distinct(k, 255)),
+    "LONG4 of 64 bytes": (b"", lambda k: b"\x8b" + struct.pack("<i", 64) + _distinct(k, 64)),
+    "BINFLOAT": (b"", lambda k: b"G" + struct.pack(">d", k + 0.5)),
+    "SHORT_BINSTRING of 2 bytes": (b"", lambda k: b"U\x02" + struct.pack("<H", k & 0xFFFF)),
+    "SHORT_BINSTRING of 255 bytes": (b"", lambda k: b"U\xff" + _distinct(k, 255)),
+    "BINSTRING of 1024 bytes": (b"", lambda k: b"T" + struct.pack("<i", 1024) + _distinct(k, 1024)),
+    "STRING of 4 bytes": (b"", lambda k: b"S'%04x'\n" % (k & 0xFFFF)),
+    "BINUNICODE of 2 bytes": (b"", lambda k: b"X\x02\0\0\0" + struct.pack("<H", 0x4040 + (k & 0x3F3F))),
+    "BINUNICODE of an emoji": (b"", lambda k: b"X\x04\0\0\0" + chr(0x1F600 + k % 64).encode()),
+    "UNICODE of 4 bytes": (b"", lambda k: b"V%04x\n" % (k & 0xFFFF)),
+    "UNICODE with \\U escapes": (b"", lambda k: b"V\\U0001f600%d\n" % k),
+    "TUPLE1": (b"", lambda k: b"N\x85"),
+    "MARK TUPLE": (b"", lambda k: b"(Nt"),
+    "MARK LIST": (b"", lambda k: b"(l"),
+    "MARK DICT": (b"", lambda k: b"(d"),
+    "EMPTY_LIST APPEND": (b"", lambda k: b"]Na"),
+    "SETITEM": (b"}", lambda k: b"J" + struct.pack("<i", k) + b"Ns"),
+    "LONG_BINPUT 0, 1, 2, ...": (b"N", lambda k: b"r" + struct.pack("<I", k)),
+    "OBJ": (b"", lambda k: b"(cocrolib.lstm\nLSTM\no"),
+    "OBJ BUILD": (b"", lambda k: b"(cocrolib.lstm\nLSTM\no}(U\x01xNub"),
+    "INST": (b"", lambda k: b"(iocrolib.lstm\nLSTM\n"),
+    "dtype": (b"", lambda k: b"cnumpy\ndtype\n(U\x02f8K\x00K\x01tR"),
+    "defaultdict": (b"", lambda k: b"ccollections\ndefaultdict\nc__builtin__\nlist\n\x85R"),
+    "one STRING of 7 MiB": (b"", lambda k: b"S'" + b"a" * (7 << 20) + b"'\n"),
+    "one BINUNICODE of 2.6 MiB widened twice": (b"", lambda k: _widening_binunicode(2_700_000)),
+}
+
+
+@pytest.mark.parametrize("label", list(ATOMS))
+def test_each_opcode_is_charged_what_it_allocates(world, monkeypatch, label):
+    budget = 16 << 20
+    monkeypatch.setattr(safepickle, "DEFAULT_MAX_ALLOC", budget)
+    prefix, atom = ATOMS[label]
+    one = atom(0)
+    count = 1 if len(one) > budget // 8 else 300_000 if len(one) < 64 else (40 << 20) // len(one)
+    path = world.put("atoms.pyrnn", b"\x80\x02" + prefix + b"".join(atom(k) for k in range(count)) + b".")
+    refusal = ""
+    tracemalloc.start()
+    try:
+        safepickle.load(path)  # a lone string loads (it is not a model), if it fits
+    except UnsafeModel as err:
+        refusal = str(err)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    if count > 1:  # repeated until the budget ran out: the peak is measured at its highest
+        assert "more than 16 MiB of memory" in refusal, (label, refusal)
+    # the budget, plus the reader's 1 MiB buffer and one piece of a long line
+    assert peak < budget + (3 << 20), (label, peak / budget)
+    assert world.unchanged()
 
 
 # -- states the stand-ins accept ------------------------------------------------------------------------

@@ -13,15 +13,29 @@ Memory: the pickle stream is run by a small stack machine of our own (:class:`_L
 a string of whatever length the stream states before anyone could object. Only the opcodes of
 protocols 0-2 are known to it, and every one is charged against an allocation budget
 (``max_alloc``, default :data:`DEFAULT_MAX_ALLOC`) *before* it allocates anything whose size
-the stream chooses:
+the stream chooses, at what CPython really takes (measured with :mod:`tracemalloc`, rounded up):
 
-- each opcode costs :data:`OPCODE_COST` (its stack slot, mark list or memo entry); this also
-  bounds the time, to about 16 million opcodes (~15 s) for the default budget;
+- each opcode costs :data:`OPCODE_COST`, the most any opcode allocates besides what is charged
+  below (a stack slot, a MARK's list, a memo slot, a number from a 64-character line); this also
+  bounds the time, to about 8 million opcodes (12 s at most, measured) for the default budget;
+- each new container or object (tuple, list, dict, network object, dtype, array) costs
+  :data:`OBJECT_COST`: itself and its entry in the loader's table of weights;
 - a string's length is read first and charged before its bytes are read; strings above
   :data:`READ_CHUNK` are read in pieces as they arrive (charged twice: the pieces are joined), so
-  a length field alone allocates nothing; a text line is read with a limit of what is left;
+  a length field alone allocates nothing; a protocol-0 text line is read in pieces too, each
+  charged as it arrives; decoding is charged before it starts, at the decoder's peak (a UTF-8
+  decoder may widen its buffer twice: 6 bytes a byte);
 - each item put into a list, tuple, dict or object state costs a slot, and every container
   records its *weight*: what a full copy of it would take, its items' weights included;
+- the memo is a list indexed by the memo number. A pickler numbers its memo 0, 1, 2, ... as it
+  writes (fraktur-jze from 1), so an index above the number of opcodes read so far is refused:
+  the list never has more slots than there were opcodes, and memo numbers chosen to collide in
+  one hash bucket (multiples of 2**61-1 hash alike in CPython, which made a dict memo quadratic)
+  have nothing to collide in;
+- dict keys are strings (hashed with Python's per-process random key) and integers below 2**31
+  (which hash to themselves); anything else (floats, tuples, larger integers, objects) is
+  refused before it is hashed: such keys can be built to share one hash value, and inserting
+  n of them into a dict takes n**2 steps;
 - a reference to an object built earlier (memo ``GET``/``BINGET``/``LONG_BINGET`` and ``DUP``)
   is charged that object's whole weight again, as if it were a copy. A stream cannot loop, so
   this bounds what any consumer that copies or prints the result could build from it: the
@@ -30,10 +44,11 @@ the stream chooses:
   allocated next to nothing. So that a weight stays true, a list, dict or object that has been
   referenced again may not grow afterwards (pickles of trees, as pyrnn models are, never do).
 
-So when the loader refuses, it has allocated about the budget at most (the per-item constants are
-generous; a growing dict briefly holds two tables). Real models are far below it: kraken's toy
-(7 MB of pickle, 5000-step state buffers) is charged 14 MB, fraktur-jze 6 MB; an unsaved ocropy
-net of 100 states keeps ~150 MB of 5000-step buffers (LEGACY-MODELS.md §5), charged ~300 MB.
+So when the loader refuses, it has allocated the budget at most, plus a few MiB of buffers (the
+constants cover the worst case of each opcode, a growing dict's old table included). Real models
+are far below it: kraken's toy (7 MB of pickle, 5000-step state buffers) is charged 15 MB,
+fraktur-jze 9 MB; an unsaved ocropy net of 100 states keeps ~150 MB of 5000-step buffers
+(LEGACY-MODELS.md §5), charged ~300 MB.
 Python 2 strs of :data:`BYTES_FROM` bytes or more (array payloads) stay bytes, so they are held
 once, not also as latin-1 text. Input is sniffed for gzip/bz2 from its magic bytes and the
 decompressed stream is capped too (``max_bytes``), so a decompression bomb is refused without
@@ -46,23 +61,31 @@ import bz2
 import codecs
 import gzip
 import io
+import itertools
 import math
 import pickletools
 import struct
+import sys
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import UnsafeModel, UserInputError
 
 DEFAULT_MAX_BYTES = 2 * 1024**3  # decompressed stream: unsaved nets carry large state buffers
 DEFAULT_MAX_ALLOC = 1024**3  # everything the loader builds, charged before it is built
 
-OPCODE_COST = 64  # a stack slot, a mark's list or a memo entry, with room to spare; also bounds the time
+# What CPython 3.11 takes, measured with tracemalloc and rounded up:
+OPCODE_COST = 128  # any opcode's fixed part: a stack slot, a MARK's list (65 B), a memo slot, a number (65 B)
+OBJECT_COST = 384  # a new container or object (a Holder with its attribute dict: 160 B) and its weight entry (190 B)
+HEADER = 80  # a str, bytes or int object around the bytes a length field states (33-76 B)
 SLOT = 8  # one reference inside a list or tuple
-DICT_SLOT = 48  # one key/value pair inside a dict (its share of the hash table)
-OBJECT_COST = 64  # an empty container, a small object
+DICT_SLOT = 96  # one key/value pair inside a dict: its entry, index and free third (76 B while the table grows)
+MAX_KEY = 2**31  # integer dict keys must be below this in size: smaller integers hash to themselves
+# A text decoder writes 1 byte a character until it meets a wider one, then copies into a buffer of 2,
+# then of 4 bytes a character while the narrower one is still held: 6 bytes for each input byte.
+DECODE_COST = 6
 BYTES_FROM = 1024  # a Python 2 str this long (an array payload) stays bytes instead of latin-1 text
 MAX_NUMBER_LINE = 64  # INT/LONG/FLOAT/GET/PUT text arguments
 MAX_NAME_LINE = 256  # GLOBAL/INST module and class names
@@ -351,7 +374,9 @@ class _Loader:
         self._read, self._readline = stream.read, stream.readline
         self.stack: list[Any] = []
         self.metastack: list[list[Any]] = []
-        self.memo: dict[int, Any] = {}
+        # indexed by memo number; never longer than the opcodes read so far (see _put_at)
+        self.memo: list[Any] = []
+        self.opcodes = 0
         self.limit, self.spent = max_alloc, 0
         # id -> (the object, kept alive so ids stay unique; its weight; its nesting depth)
         self._weights: dict[int, tuple[Any, int, int]] = {}
@@ -367,14 +392,14 @@ class _Loader:
                               "a pyrnn model needs far less, so this looks like a memory bomb and nothing more "
                               "is built")
 
-    def remaining(self) -> int:
-        """What is left of the budget."""
-        return max(0, self.limit - self.spent)
-
     def weight(self, obj: Any) -> int:
-        """What a full copy of ``obj`` would take (small for anything not tracked)."""
+        """What a full copy of ``obj`` would take: its tracked weight, a string's or number's size."""
         entry = self._weights.get(id(obj))
-        return entry[1] if entry is not None and entry[0] is obj else OBJECT_COST
+        if entry is not None and entry[0] is obj:
+            return entry[1]
+        if type(obj) in (str, bytes, int, float):
+            return sys.getsizeof(obj)  # immutable and exact: not tracked, which would cost more than they do
+        return HEADER  # None, a bool, a whitelisted global: a copy is a reference
 
     def depth(self, obj: Any) -> int:
         """How deeply ``obj`` nests containers and objects (0 for anything not tracked)."""
@@ -389,8 +414,10 @@ class _Loader:
             raise UnsafeModel(f"it nests containers more than {MAX_DEPTH} levels deep; a pyrnn model nests 16")
 
     def track(self, obj: Any, weight: int, depth: int = 0) -> Any:
-        """Record ``obj``'s weight and depth; return it."""
+        """Record ``obj``'s weight and depth (charged :data:`OBJECT_COST` the first time); return it."""
         self.check_depth(depth)
+        if id(obj) not in self._weights:  # an entry keeps its object alive: an id is never reused
+            self.charge(OBJECT_COST, "objects")
         self._weights[id(obj)] = (obj, weight, depth)
         return obj
 
@@ -426,16 +453,37 @@ class _Loader:
 
     def charge_read(self, n: int, why: str) -> None:
         """Charge reading ``n`` bytes: once, or twice when the pieces are joined."""
-        self.charge((2 * n if n > READ_CHUNK else n) + OBJECT_COST, why)
+        self.charge((2 * n if n > READ_CHUNK else n) + HEADER, why)
 
     def line(self, limit: int, what: str) -> bytes:
-        """A text argument up to its newline, at most ``limit`` bytes; read no further than that."""
+        """A short text argument up to its newline, at most ``limit`` bytes; read no further than that."""
         data = self._readline(limit + 1)
         if not data.endswith(b"\n"):
             if len(data) > limit:
                 raise UnsafeModel(f"{what} is longer than {limit} bytes")
             raise UnsafeModel("the pickle ends in the middle of an opcode (truncated?)")
         return data[:-1]
+
+    def long_line(self, why: str) -> memoryview:
+        """A text argument of any length up to its newline (a view without it), charged as it arrives.
+
+        Read in pieces of :data:`READ_CHUNK`, so a line longer than the budget is refused after
+        at most one piece more than the budget; joining the pieces is charged again.
+        """
+        pieces: list[bytes] = []
+        while True:
+            piece = self._readline(READ_CHUNK)
+            self.charge(len(piece) + HEADER, why)
+            if not piece:
+                raise UnsafeModel("the pickle ends in the middle of an opcode (truncated?)")
+            pieces.append(piece)
+            if piece.endswith(b"\n"):
+                break
+        if len(pieces) > 1:
+            self.charge(sum(map(len, pieces)), why)  # the joined copy, while the pieces are still held
+            piece = b"".join(pieces)
+        del pieces
+        return memoryview(piece)[:-1]  # a view: slicing off the newline copies nothing
 
     # -- the stack ----------------------------------------------------------------------------------
 
@@ -461,11 +509,10 @@ class _Loader:
     def push_string(self, data: bytes) -> None:
         """A Python 2 ``str``: latin-1 text when short (names, codec entries), bytes when long (array payloads)."""
         if len(data) >= BYTES_FROM:
-            self.stack.append(self.track(data, len(data) + OBJECT_COST))
+            self.stack.append(data)
             return
-        self.charge(len(data) + OBJECT_COST, "a string")
-        text = data.decode("latin-1")
-        self.stack.append(self.track(text, len(text) + OBJECT_COST))
+        self.charge(len(data) + HEADER, "a string")
+        self.stack.append(data.decode("latin-1"))
 
     def push_reference(self, obj: Any) -> None:
         """An object built earlier, pushed again: charged its whole weight, as a copy would be."""
@@ -488,6 +535,7 @@ class _Loader:
             if not op:
                 raise UnsafeModel("the pickle ends before its STOP opcode (truncated?)")
             self.charge(OPCODE_COST, "too many opcodes")
+            self.opcodes += 1
             handler = _DISPATCH.get(op[0])
             if handler is None:
                 raise UnsafeModel(_refusal(op[0]))
@@ -564,15 +612,21 @@ def _binint2(ld: _Loader) -> None:
     ld.stack.append(struct.unpack("<H", ld.read(2))[0])
 
 
+def _push_long(ld: _Loader, n: int) -> None:
+    # the n bytes, then an int of 30 bits a 4-byte digit (1.07 n bytes): up to 255 bytes, so charged
+    ld.charge(2 * n + 2 * HEADER, "an integer")
+    ld.stack.append(int.from_bytes(ld.read(n), "little", signed=True))
+
+
 def _long1(ld: _Loader) -> None:
-    ld.stack.append(int.from_bytes(ld.read(ld.read(1)[0]), "little", signed=True))
+    _push_long(ld, ld.read(1)[0])
 
 
 def _long4(ld: _Loader) -> None:
     n = struct.unpack("<i", ld.read(4))[0]
     if not 0 <= n <= MAX_LONG_BYTES:
         raise UnsafeModel(f"an integer of {n} bytes; a pyrnn model's integers are small")
-    ld.stack.append(int.from_bytes(ld.read(n), "little", signed=True))
+    _push_long(ld, n)
 
 
 def _float(ld: _Loader) -> None:
@@ -584,13 +638,14 @@ def _binfloat(ld: _Loader) -> None:
 
 
 def _string(ld: _Loader) -> None:
-    data = ld.line(ld.remaining() // 2, "a STRING argument")
-    ld.charge(2 * len(data), "a string")  # the line and its decoded bytes
+    data = ld.long_line("a string")
     if len(data) < 2 or data[:1] != data[-1:] or data[:1] not in (b"'", b'"'):
         raise UnsafeModel("malformed pickle: a STRING argument is not quoted")
+    ld.charge(len(data) + HEADER, "a string")  # the decoded bytes, never longer than the line
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an unknown escape such as "\\ " stays as it is, as in Python 2
-        decoded = codecs.escape_decode(data[1:-1])[0]
+        decoded = codecs.escape_decode(data[1:-1])[0]  # a view of the line: no copy
+    del data
     ld.push_string(decoded)
 
 
@@ -603,27 +658,29 @@ def _binstring(ld: _Loader) -> None:
 
 
 def _short_binstring(ld: _Loader) -> None:
-    ld.push_string(ld.read(ld.read(1)[0]))
+    n = ld.read(1)[0]
+    ld.charge_read(n, "a string")
+    ld.push_string(ld.read(n))
 
 
 def _unicode(ld: _Loader) -> None:
-    data = ld.line(ld.remaining() // 5, "a UNICODE argument")
-    ld.charge(5 * len(data), "a string")  # the line and up to 4 bytes per character
+    data = ld.long_line("a string")
+    ld.charge(DECODE_COST * len(data) + HEADER, "a string")
     text = str(data, "raw-unicode-escape")
-    ld.stack.append(ld.track(text, len(data) + OBJECT_COST))
+    del data
+    ld.stack.append(text)
 
 
 def _binunicode(ld: _Loader) -> None:
     n = struct.unpack("<I", ld.read(4))[0]
     ld.charge_read(n, "a string")
-    ld.charge(4 * n, "a string")  # up to 4 bytes per decoded character
-    text = str(ld.read(n), "utf-8", "surrogatepass")
-    ld.stack.append(ld.track(text, 4 * n + OBJECT_COST))
+    ld.charge(DECODE_COST * n + HEADER, "a string")
+    ld.stack.append(str(ld.read(n), "utf-8", "surrogatepass"))
 
 
 def _empty(factory: type) -> Callable[[_Loader], None]:
     def push(ld: _Loader) -> None:
-        ld.stack.append(ld.track(factory(), OBJECT_COST))
+        ld.stack.append(ld.track(factory(), OBJECT_COST))  # track() charges it
     return push
 
 
@@ -649,22 +706,35 @@ def _list(ld: _Loader) -> None:
     ld.container(items, items, SLOT)
 
 
-def _pairs(ld: _Loader, items: list[Any]) -> tuple[dict, int, int]:
+def _check_key(key: Any) -> None:
+    # A string's hash is keyed per process; an integer below 2**31 hashes to itself. Others can be
+    # made to collide: integers j*(2**61-1) all hash to 0, a tuple's hash is computed from its
+    # items', so n such keys make a dict take n**2 steps. A pyrnn model's keys are names and codes.
+    kind = type(key)
+    if kind is str or kind is bytes or (kind is int and -MAX_KEY < key < MAX_KEY):
+        return
+    if kind in (list, dict):
+        raise UnsafeModel(f"malformed pickle: {describe(key)} used as a dict key")
+    raise UnsafeModel(f"{describe(key)} is used as a dict key; a pyrnn model's keys are names and integers below "
+                      "2**31 (other keys can be built to share one hash value and make loading take hours)")
+
+
+def _pairs(ld: _Loader, items: list[Any]) -> tuple[Iterator[tuple[Any, Any]], int, int]:
+    """Check the keys of ``items`` (key, value, ...); their pairs, weight and depth."""
     if len(items) % 2:
         raise UnsafeModel("malformed pickle: a dict with a key and no value")
     ld.charge(DICT_SLOT * (len(items) // 2), "a dict")
-    for key in items[::2]:
-        if isinstance(key, (list, dict)):
-            raise UnsafeModel(f"malformed pickle: {describe(key)} used as a dict key")
+    for key in itertools.islice(items, 0, None, 2):
+        _check_key(key)
     depth = max((ld.depth(i) for i in items), default=0)
-    ld.check_depth(depth + 1)  # before a deep key is hashed
-    pairs = dict(zip(items[::2], items[1::2]))
-    return pairs, sum(DICT_SLOT + ld.weight(i) for i in items), depth
+    ld.check_depth(depth + 1)
+    flat = iter(items)
+    return zip(flat, flat), sum(DICT_SLOT + ld.weight(i) for i in items), depth
 
 
 def _dict(ld: _Loader) -> None:
     pairs, weight, depth = _pairs(ld, ld.pop_mark())
-    ld.stack.append(ld.track(pairs, OBJECT_COST + weight, depth + 1))
+    ld.stack.append(ld.track(dict(pairs), OBJECT_COST + weight, depth + 1))
 
 
 def _target(ld: _Loader, kind: type) -> Any:
@@ -703,7 +773,7 @@ def _setitems_from(ld: _Loader, items: list[Any]) -> None:
     target = _target(ld, dict)
     pairs, weight, depth = _pairs(ld, items)
     ld.grow(target, weight, depth)
-    target.update(pairs)
+    target.update(pairs)  # straight in: no second dict of the pairs
 
 
 def _memo_index(ld: _Loader, data: bytes) -> int:
@@ -713,11 +783,13 @@ def _memo_index(ld: _Loader, data: bytes) -> int:
     return index
 
 
+_ABSENT = object()  # a memo slot below the highest memo number that no PUT has filled
+
+
 def _get_at(ld: _Loader, index: int) -> None:
-    try:
-        obj = ld.memo[index]
-    except KeyError:
-        raise UnsafeModel(f"malformed pickle: memo entry {index} is read before it is written") from None
+    obj = ld.memo[index] if index < len(ld.memo) else _ABSENT
+    if obj is _ABSENT:
+        raise UnsafeModel(f"malformed pickle: memo entry {describe(index)} is read before it is written")
     ld.push_reference(obj)
 
 
@@ -734,7 +806,19 @@ def _long_binget(ld: _Loader) -> None:
 
 
 def _put_at(ld: _Loader, index: int) -> None:
-    ld.memo[index] = ld.top()  # the opcode's cost covers the memo entry
+    obj = ld.top()
+    memo = ld.memo
+    if index < len(memo):
+        memo[index] = obj
+        return
+    if index > ld.opcodes:
+        # Picklers number memo entries 0, 1, 2, ... as they write them: never above the opcodes so far.
+        number = index if index < 10**12 else f"of {index.bit_length()} bits"
+        raise UnsafeModel(f"malformed pickle: memo number {number} after {ld.opcodes} opcodes; a pickler numbers "
+                          "its memo 0, 1, 2, ... as it writes it, so no number is above the opcodes before it")
+    # at most one slot per opcode read, each covered by its OPCODE_COST
+    memo.extend(itertools.repeat(_ABSENT, index - len(memo)))
+    memo.append(obj)
 
 
 def _put(ld: _Loader) -> None:
@@ -806,7 +890,9 @@ def _build(ld: _Loader) -> None:
                           "and dtypes have one")
     payload = state[-1] if type(state) is tuple and state else None
     if isinstance(inst, RawArray) and isinstance(payload, str):
-        ld.charge(len(payload), "an array")  # a short latin-1 payload is encoded back to bytes
+        ld.charge(len(payload) + HEADER, "an array")  # a short latin-1 payload is encoded back to bytes
+    if isinstance(inst, Holder) and type(state) is dict:
+        ld.charge(DICT_SLOT * len(state), "object attributes")  # copied into the holder's own dict
     ld.grow(inst, ld.weight(state), ld.depth(state))
     inst.__setstate__(state)
 
