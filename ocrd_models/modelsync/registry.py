@@ -3,7 +3,8 @@
 Highest first (README, "Registry precedence"):
 
 1. ``manifest``: an entry written inline in models.toml (a table with ``url``);
-2. ``user-database``: OCR-D's ``$XDG_CONFIG_HOME/ocrd/resources.yml`` (read only);
+2. ``user-database``: OCR-D's ``$XDG_CONFIG_HOME/ocrd/resources.yml`` (read only, as OCR-D reads it:
+   entries OCR-D's schema rejects are skipped with a warning);
 3. ``processor``: an installed processor's own ``--dump-json`` list;
 4. ``bundled``: the index generated from real ocrd-tool.json files, shipped with us.
 
