@@ -155,8 +155,6 @@ def sandbox(tmp_path, monkeypatch, capsys) -> Sandbox:
         "XDG_CACHE_HOME": dirs["cache"], "XDG_STATE_HOME": dirs["state"], "MODELSYNC_SYSTEM_DIR": dirs["system"],
         "TESSDATA_PREFIX": dirs["tessdata"],
     }
-    for k, v in env.items():
-        monkeypatch.setenv(k, str(v))
     # Every setting of ours from the developer's shell (MODELSYNC_REGISTRY, MODELSYNC_OFFLINE, ...) and
     # every proxy or CA variable would change what a test sees: none reaches a test unless it sets it.
     # (MODELSYNC_OCRD_VENV is the test suite's own: where the interop tests keep OCR-D core.)
@@ -166,6 +164,8 @@ def sandbox(tmp_path, monkeypatch, capsys) -> Sandbox:
                 or var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "NETRC", "DOCKER_CONFIG",
                            "NO_COLOR", "FORCE_COLOR"):
             monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
     # Only the interpreter's own bin dir (and system dirs) on PATH: no stray ocrd-* processors.
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]))
     monkeypatch.chdir(dirs["project"])
