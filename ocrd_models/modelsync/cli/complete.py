@@ -7,9 +7,13 @@ import typer
 
 
 def _registry():
+    import logging
+
     from ..registry import Registry
     from ..settings import Environment
 
+    # A warning about OCR-D's user database would be typed into the user's command line.
+    logging.getLogger("ocrd_models.modelsync").setLevel(logging.CRITICAL)
     return Registry.load(Environment.from_os())
 
 
