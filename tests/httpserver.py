@@ -320,3 +320,102 @@ def http_head(status: str | int, headers: dict[str, str | int] | list[tuple[str,
         items.append(("Connection", "close"))
     text = line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in items) + "\r\n"
     return text.encode("utf-8")  # a test may send non-ASCII bytes, as broken servers do
+
+
+def make_cert(directory, *names: str) -> tuple[str, str]:
+    """A self-signed certificate (and its key) for host ``names`` (DNS names or IP addresses), written to
+    ``directory``; returns the two file names (the certificate is also the CA bundle that trusts it)."""
+    import ipaddress
+    import subprocess
+    from pathlib import Path
+
+    sans = []
+    for name in names:
+        try:
+            ipaddress.ip_address(name)
+            sans.append(f"IP:{name}")
+        except ValueError:
+            sans.append(f"DNS:{name}")
+    cert, key = Path(directory) / f"{names[0]}.pem", Path(directory) / f"{names[0]}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    f"/CN={names[0]}", "-addext", "subjectAltName=" + ",".join(sans), "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+class TunnelProxy:
+    """An HTTPS proxy on 127.0.0.1 standing in for the internet: ``CONNECT host:port`` is relayed to the
+    local port ``routes`` names for it (a server that plays that host, with its own certificate), anything
+    else is answered 502. ``seen`` records every request line the proxy received, in order."""
+
+    def __init__(self, routes: dict[str, int]) -> None:
+        self.routes = routes
+        self.seen: list[str] = []
+        self._stopped = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``: the value for HTTPS_PROXY."""
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def stop(self) -> None:
+        """Stop accepting (tunnels in progress end when either side closes)."""
+        self._stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                got = conn.recv(4096)
+                if not got:
+                    return
+                head += got
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            self.seen.append(line)
+            method, target = (line.split(" ") + ["", ""])[:2]
+            port = self.routes.get(target) if method == "CONNECT" else None
+            if port is None:
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            threading.Thread(target=_relay, args=(upstream, conn), daemon=True).start()
+            _relay(conn, upstream)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def _relay(src: socket.socket, dst: socket.socket) -> None:
+    """Copy bytes from ``src`` to ``dst`` until ``src`` ends; then end ``dst`` too."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            dst.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

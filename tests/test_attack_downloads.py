@@ -32,8 +32,9 @@ DATE = "Wed, 04 Mar 2026 10:00:00 GMT"  # a day later: Last-Modified is a strong
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(monkeypatch):
-    # Real backoff, just small: the same code paths in milliseconds.
+def fast_retries(sandbox, monkeypatch):
+    # Real backoff, just small: the same code paths in milliseconds. (After the sandbox, which clears
+    # every MODELSYNC_* variable.)
     monkeypatch.setenv("MODELSYNC_BACKOFF", "0.05")
     monkeypatch.setenv("MODELSYNC_READ_TIMEOUT", "2")
 
@@ -460,6 +461,10 @@ BAD_LOCATIONS = {
     "empty-host": "http:///m",
     "ftp": "ftp://127.0.0.1/m",
     "file": "file:///etc/passwd",
+    "backslash": "http://127.0.0.1:1\\@127.0.0.1:2/m",  # urllib.parse and urllib3 disagree on its host
+    "backslash-path": "/a\\b",
+    "user-info": "http://user:pw@127.0.0.1:1/m",  # never taken from a server
+    "space-in-host": "http://127.0.0.1 .example/m",
 }
 
 
@@ -474,6 +479,25 @@ def test_a_malformed_redirect_location_is_a_network_error(sandbox, raw, outside,
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", r.err)
     assert _installed(sandbox) is None
     assert len(srv.requests) == 1  # a redirect that cannot be followed is not retried
+    _assert_clean(sandbox, before, outside)
+
+
+def test_a_backslash_redirect_never_carries_the_token_to_another_host(sandbox, raw, outside):
+    """urllib.parse reads http://OTHER\\@ORIGIN/m as ORIGIN, urllib3 (which sends it) as OTHER: the token
+    for ORIGIN must not go to OTHER (before the fix it did)."""
+    token = "origin-Token-5e1f"
+    other = raw(lambda req: [http_head(200, {"Content-Length": len(V1)}) + V1])
+    srv = raw(lambda req: [http_head(302, {"Location": f"http://{other.base[7:]}\\@{srv.base[7:]}/m2",
+                                           "Content-Length": 0})])
+    sandbox.monkeypatch.setenv("MODELSYNC_TOKENS", f"{srv.base[7:]}={token}")
+    _manifest(sandbox, srv.url("/m"))
+    before = _snapshot(sandbox.root)
+    r = sandbox.run("sync")
+    assert r.code == 3, r.err
+    assert "backslash" in r.err and token not in r.err and "Traceback" not in r.err
+    assert other.requests == []
+    assert [q.headers.get("authorization") for q in srv.requests] == [f"Bearer {token}"]
+    assert _installed(sandbox) is None
     _assert_clean(sandbox, before, outside)
 
 
@@ -607,6 +631,53 @@ def test_a_trickled_tls_handshake_is_cut_too(sandbox, outside):
     # CPython bounds a whole TLS handshake by the socket timeout already; our watchdog would too.
     assert "Read timed out" in r.stderr or "response head within 4 s" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+    _assert_clean(sandbox, before, outside)
+
+
+CHUNKED_TRICKLES = {
+    # The body's first chunk arrives; then its framing (not a byte of content) trickles or never ends:
+    # every read of the socket gets bytes, so only a bound on the body's progress ends it.
+    "chunk-extension": [b"5;" + b"a" * 10_000],  # a chunk-size line whose extension never ends
+    "chunk-size-line": [b"0000000000000000000000000000000000000000000005\r\nhello\r\n"],
+    "trailers": [b"0\r\n"] + [b"X-T: " + b"a" * 100 + b"\r\n"] * 1000,  # endless trailer lines
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHUNKED_TRICKLES))
+def test_a_chunked_body_whose_framing_trickles_is_cut(sandbox, raw, outside, case):
+    def respond(req):
+        yield http_head(200, {"Transfer-Encoding": "chunked"}) + b"5\r\nhello\r\n"
+        for piece in CHUNKED_TRICKLES[case]:
+            for i in range(0, len(piece), 2):
+                yield piece[i:i + 2]
+                yield 0.25
+
+    srv = raw(respond)
+    sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
+    _manifest(sandbox, srv.url("/m"), "read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
+    before = _snapshot(sandbox.root)
+    r = _cli(sandbox, "sync", timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "no progress for 2 s" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert _installed(sandbox) is None
+    _assert_clean(sandbox, before, outside)
+
+
+def test_endless_trailers_at_full_speed_are_cut(sandbox, raw, outside):
+    def respond(req):
+        yield http_head(200, {"Transfer-Encoding": "chunked"}) + b"5\r\nhello\r\n0\r\n"
+        line = b"X-T: " + b"a" * 1000 + b"\r\n"
+        while True:
+            yield line * 64
+
+    srv = raw(respond)
+    sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
+    _manifest(sandbox, srv.url("/m"), "read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
+    before = _snapshot(sandbox.root)
+    r = _cli(sandbox, "sync", timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "no progress for 2 s" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert _installed(sandbox) is None
     _assert_clean(sandbox, before, outside)
 
 

@@ -19,7 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -68,10 +68,13 @@ class Reply:
 
 
 class Host:
-    """An HTTP server on 127.0.0.1 that records every request and answers with ``answer(seen)``."""
+    """An HTTP server on ``bind`` (127.0.0.1) that records every request and answers with ``answer(seen)``;
+    with ``tls`` (certificate and key files) it speaks HTTPS."""
 
-    def __init__(self, answer: Callable[[Seen], Reply] | None = None):
+    def __init__(self, answer: Callable[[Seen], Reply] | None = None, bind: str = "127.0.0.1",
+                 tls: tuple[str, str] | None = None):
         self.seen: list[Seen] = []
+        self.tls = tls
         self.answer = answer or (lambda seen: Reply(404))
         outer = self
 
@@ -113,7 +116,13 @@ class Host:
             def handle_error(self, request, client_address):
                 pass
 
-        self.httpd = Quiet(("127.0.0.1", 0), Handler)
+        self.httpd = Quiet((bind, 0), Handler)
+        if tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @property
@@ -122,11 +131,11 @@ class Host:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.httpd.server_address[0]}:{self.port}"
 
     @property
     def origin(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def stop(self) -> None:
         self.httpd.shutdown()
@@ -151,12 +160,12 @@ class FakeRegistry(Host):
     """
 
     def __init__(self, auth: str | None = "bearer", realm: str | None = None,
-                 hook: Callable[[Seen], Reply | None] | None = None):
+                 hook: Callable[[Seen], Reply | None] | None = None, **host: Any):
         self.auth, self.hook = auth, hook
         self.blobs: dict[str, bytes] = {DIGEST: BLOB}
         self.upload_location: str | None = None  # where POST /blobs/uploads/ sends the client
         self.blob_redirect: str | None = None  # a GET of a blob answers 307 to this URL
-        super().__init__(self._answer)
+        super().__init__(self._answer, **host)
         self.realm = realm or f"{self.origin}/token"
 
     def _authorized(self, seen: Seen) -> bool:
@@ -307,10 +316,13 @@ def _no_temp_left(sandbox) -> bool:
     return not d.exists() or not any(".modelsync-tmp" in p.name for p in d.iterdir())
 
 
-def _clean_exit(r, *codes: int) -> None:
+def _clean_exit(r, *codes: int, echoed: bool = False) -> None:
+    """The exit code is one of ``codes``, no traceback, and no secret printed (``echoed``: the registry itself
+    sent the token back in a body it then had quoted, which is no leak of ours)."""
     assert r.code in codes, (r.code, r.err)
     assert "Traceback" not in r.err and "unexpected" not in r.err, r.err
-    assert SECRET not in r.out + r.err and TOKEN not in r.out + r.err and BASIC not in r.out + r.err
+    assert SECRET not in r.out + r.err and BASIC not in r.out + r.err
+    assert echoed or TOKEN not in r.out + r.err
 
 
 # -- 3. credentials stay with their origin ------------------------------------------------------
@@ -506,6 +518,236 @@ def test_a_malformed_credentials_key_is_a_clear_user_error(sandbox, server):
     assert "credentials.toml" in r.err and "HOST:PORT" in r.err and server.count("/a") == 0
 
 
+# -- 3b. one URL parser: URLs other parsers read differently never carry credentials ---------------
+#
+# urllib.parse reads http://EVIL\\@TRUSTED/x as host TRUSTED, urllib3 (which sends the request) as host
+# EVIL. Before the fix, credentials were chosen by the first and the request sent by the second.
+
+VICTIM_USER, VICTIM_SECRET = "victim", "ghcr-Victim-Secret-0d1e"
+VICTIM_BASIC = base64.b64encode(f"{VICTIM_USER}:{VICTIM_SECRET}".encode()).decode()
+
+
+def _docker_auths(sandbox, host: str, user: str, password: str) -> None:
+    (sandbox.home / ".docker").mkdir(exist_ok=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (sandbox.home / ".docker" / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+
+
+def test_a_backslash_realm_never_gets_another_registrys_docker_login(sandbox, server, hosts):
+    """A hostile registry names the realm http://EVIL\\@VICTIM/token to be sent the user's login for VICTIM."""
+    victim = hosts(Host(lambda seen: Reply(401), bind="127.0.0.2"))  # stands in for ghcr.io
+    evil = hosts(FakeRegistry())
+    evil.realm = f"http://{evil.host}\\@{victim.host}/token"
+    _env(sandbox)
+    for var in ("MODELSYNC_REGISTRY_USERNAME", "MODELSYNC_REGISTRY_PASSWORD"):
+        sandbox.monkeypatch.delenv(var)
+    _locked(sandbox, server)
+    _docker_auths(sandbox, victim.host, VICTIM_USER, VICTIM_SECRET)
+    outside = Outside(sandbox)
+    r = _pull(sandbox, evil)
+    _clean_exit(r, 3)
+    assert "backslash" in r.err and VICTIM_SECRET not in r.err
+    assert _leaks(evil, (VICTIM_SECRET, VICTIM_BASIC)) == [] and victim.seen == []
+    assert [s.method for s in evil.seen] == ["HEAD"]  # nothing was sent after the challenge
+    assert _installed(sandbox) is None and _no_temp_left(sandbox) and outside.unchanged()
+
+
+def test_a_backslash_realm_over_https_never_gets_the_users_login_elsewhere(sandbox, server, hosts, tmp_path):
+    """The attack as found: registry.evil.test (HTTPS, a trusted certificate) names the realm
+    https://registry.evil.test\\@ghcr.test/token to be sent the user's ~/.docker login for ghcr.test."""
+    from httpserver import TunnelProxy, make_cert
+
+    evil_cert, ghcr_cert = make_cert(tmp_path, "registry.evil.test"), make_cert(tmp_path, "ghcr.test")
+    ghcr = hosts(Host(lambda seen: Reply(401), tls=ghcr_cert))
+    evil = hosts(FakeRegistry(tls=evil_cert))
+    evil.realm = "https://registry.evil.test\\@ghcr.test/token"
+    proxy = TunnelProxy({"registry.evil.test:443": evil.port, "ghcr.test:443": ghcr.port})
+    try:
+        bundle = tmp_path / "trusted.pem"
+        bundle.write_text(open(evil_cert[0]).read() + open(ghcr_cert[0]).read())
+        _env(sandbox)
+        for var in ("MODELSYNC_REGISTRY_USERNAME", "MODELSYNC_REGISTRY_PASSWORD"):
+            sandbox.monkeypatch.delenv(var)
+        _locked(sandbox, server)
+        _docker_auths(sandbox, "ghcr.test", VICTIM_USER, VICTIM_SECRET)
+        sandbox.monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        sandbox.monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+        outside = Outside(sandbox)
+        r = sandbox.run("sync", "--locked", "--registry", f"registry.evil.test/{REPO_NAME}", "--registry-only")
+    finally:
+        proxy.stop()
+    _clean_exit(r, 3)
+    assert "backslash" in r.err and VICTIM_SECRET not in r.err
+    assert evil.seen and _leaks(evil, (VICTIM_SECRET, VICTIM_BASIC)) == [] and ghcr.seen == []
+    assert all(line.startswith("CONNECT registry.evil.test:443 ") for line in proxy.seen)
+    assert _installed(sandbox) is None and outside.unchanged()
+
+
+def test_a_backslash_token_redirect_never_gets_the_registry_login(sandbox, server, hosts):
+    """The registry's own token service (which may have the login) redirects to http://EVIL\\@REGISTRY/..."""
+    evil = hosts(Host(lambda seen: Reply(200, {}, json.dumps({"token": "stolen"}).encode())))
+
+    def hook(seen: Seen) -> Reply | None:
+        if seen.path == "/token":
+            return Reply(307, {"Location": f"http://{evil.host}\\@{registry.host}/token2?x=1"})
+        return None
+
+    registry = hosts(FakeRegistry(hook=hook))
+    _env(sandbox)
+    _locked(sandbox, server)
+    outside = Outside(sandbox)
+    r = _pull(sandbox, registry)
+    _clean_exit(r, 3)
+    assert "backslash" in r.err
+    assert evil.seen == []  # not even asked, let alone with the login
+    assert [s.path for s in registry.seen] == [f"/v2/{REPO_NAME}/blobs/{DIGEST}", "/token"]
+    assert _installed(sandbox) is None and outside.unchanged()
+
+
+def test_a_backslash_upload_location_never_gets_the_push_password(sandbox, server, hosts):
+    """push: the registry answers the upload's POST with Location http://OTHER\\@REGISTRY/... (basic auth: every
+    request to the registry's origin carries the password)."""
+    other = hosts(Host(lambda seen: Reply(500)))
+    registry = hosts(FakeRegistry(auth="basic", bind="127.0.0.2"))
+    registry.blobs.clear()
+    registry.upload_location = f"http://{other.host}\\@{registry.host}/v2/{REPO_NAME}/blobs/uploads/abc"
+    _env(sandbox)
+    _locked(sandbox, server)
+    outside = Outside(sandbox)
+    r = _push(sandbox, registry)
+    _clean_exit(r, 3)
+    assert "backslash" in r.err and "upload" in r.err
+    assert other.seen == [] and not any(s.method == "PUT" for s in registry.seen)
+    assert outside.unchanged()
+
+
+@pytest.mark.parametrize("where", ["realm", "upload"])
+def test_user_info_in_a_realm_or_upload_location_is_refused(sandbox, server, hosts, where):
+    other = hosts(Host(lambda seen: Reply(401)))
+    registry = hosts(FakeRegistry(auth="bearer" if where == "realm" else "basic"))
+    if where == "realm":
+        registry.realm = f"http://{USER}:{SECRET}@{other.host}/token"
+    else:
+        registry.blobs.clear()
+        registry.upload_location = f"http://{USER}:{SECRET}@{other.host}/upload/u1"
+    _env(sandbox)
+    _locked(sandbox, server)
+    outside = Outside(sandbox)
+    r = _pull(sandbox, registry) if where == "realm" else _push(sandbox, registry)
+    _clean_exit(r, 3)
+    assert "user info" in r.err and other.seen == [] and outside.unchanged()
+
+
+def _proxy_for_everything(seen: Seen) -> Reply:
+    """A recording HTTP proxy (a remote machine in real life) that asks registry calls for a login and serves
+    anything else."""
+    if "/v2/" in seen.target and "authorization" not in seen.headers:
+        return Reply(401, {"WWW-Authenticate": 'Basic realm="r"'})
+    return Reply(404) if "/v2/" in seen.target else Reply(200, {}, BLOB)
+
+
+def test_credentials_for_loopback_never_go_through_a_proxy_in_clear(sandbox, server, hosts):
+    """Loopback is trusted with plain HTTP because its bytes never leave the machine: through HTTP_PROXY they
+    do. The download token and the registry password stay home; the proxy still serves what needs none."""
+    proxy = hosts(Host(_proxy_for_everything))
+    _env(sandbox, HTTP_PROXY=proxy.origin, MODELSYNC_TOKENS=f"localhost:8080={TOKEN}")
+    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "http://localhost:8080/m" }}]\n')
+    outside = Outside(sandbox)
+    r = sandbox.run("sync")
+    _clean_exit(r, 0)
+    assert [s.target for s in proxy.seen] == ["http://localhost:8080/m"]
+    _forget(sandbox)
+    r = sandbox.run("sync", "--frozen", "--registry", f"127.0.0.1:5000/{REPO_NAME}", "--registry-only")
+    _clean_exit(r, 3)
+    assert "NO_PROXY" in r.err and "127.0.0.1" in r.err
+    assert [s.method for s in proxy.seen] == ["GET", "HEAD"]  # asked for a login, and not given one
+    assert _leaks(proxy) == []
+    assert _installed(sandbox) is None and outside.unchanged("project/models.lock")
+
+
+def test_credentials_for_loopback_go_directly_when_no_proxy_names_it(sandbox, server, hosts):
+    proxy = hosts(Host(_proxy_for_everything))
+    registry = hosts(FakeRegistry(auth="basic"))
+    _env(sandbox, HTTP_PROXY=proxy.origin, NO_PROXY="127.0.0.0/8")
+    _locked(sandbox, server)
+    outside = Outside(sandbox)
+    r = _pull(sandbox, registry)
+    _clean_exit(r, 0)
+    assert _installed(sandbox) == BLOB and proxy.seen == [] and outside.unchanged()
+    assert any(_basic_user(s.headers.get("authorization")) == (USER, SECRET) for s in registry.seen)
+
+
+# -- 3c. every registry call is bounded in time ------------------------------------------------------
+
+def _cli(sandbox, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess: a hang fails the test at ``timeout`` (the bound under test is ~10 s)."""
+    main = "import sys; from ocrd_models.modelsync.cli import main; sys.argv[0] = 'modelsync'; main()"
+    try:
+        return subprocess.run([sys.executable, "-c", main, *args], cwd=sandbox.project, env=sandbox.env(),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"modelsync {' '.join(args)} still running after {timeout} s")
+
+
+def _trickle(data: bytes, delay: float = 0.5):
+    for i in range(len(data)):
+        yield data[i:i + 1]
+        yield delay
+
+
+@pytest.mark.parametrize("where", ["head", "token-body", "error-body", "chunked-error"])
+def test_a_registry_trickling_its_replies_is_cut(sandbox, server, raw_hosts, where):
+    """connect_timeout = read_timeout = 2 and max_retry_time = 5: every reply is cut after 4 s (each byte
+    arrives well within read_timeout: only a bound on the whole reply ends it)."""
+    from httpserver import http_head
+
+    def respond(req):
+        if where == "head":
+            return _trickle(http_head(404, {"X-Pad": "p" * 300, "Content-Length": 0}))
+        if req.target.startswith("/token"):
+            body = json.dumps({"token": TOKEN, "padding": "p" * 200}).encode()
+            return [http_head(200, {"Content-Length": len(body)}), *_trickle(body)]
+        if where == "token-body":
+            realm = f"http://{registry.base.split('//')[1]}/token"
+            return [http_head(401, {"WWW-Authenticate": f'Bearer realm="{realm}"', "Content-Length": 0})]
+        if req.method == "HEAD":
+            return [http_head(404, {"Content-Length": 0})]
+        if where == "error-body":
+            return [http_head(400, {"Content-Length": 300}), *_trickle(b"e" * 300)]
+        return [http_head(400, {"Transfer-Encoding": "chunked"}), b"1\r\ne\r\n", *_trickle(b"1;" + b"x" * 300)]
+
+    registry = raw_hosts(respond)
+    _env(sandbox)
+    _locked(sandbox, server, "[settings.network]\nconnect_timeout = 2\nread_timeout = 2\nmax_retry_time = 5\n")
+    for var in ("MODELSYNC_CONNECT_TIMEOUT", "MODELSYNC_READ_TIMEOUT", "MODELSYNC_RETRIES"):
+        sandbox.monkeypatch.delenv(var)
+    outside = Outside(sandbox)
+    host = registry.base.split("//")[1]
+    args = (["push", f"{host}/{REPO_NAME}:v1"] if where in ("error-body", "chunked-error") else
+            ["sync", "--locked", "--registry", f"{host}/{REPO_NAME}", "--registry-only"])
+    proc = _cli(sandbox, *args)
+    assert proc.returncode == 3, proc.stderr
+    assert "within 4 s" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert SECRET not in proc.stderr + proc.stdout
+    assert _installed(sandbox) is None and outside.unchanged()
+
+
+@pytest.fixture
+def raw_hosts():
+    from httpserver import RawServer
+
+    started = []
+
+    def start(respond):
+        s = RawServer(respond).start()
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
 # -- 5. bounded replies, in a process whose address space is capped ------------------------------
 
 GIANT = 400 << 20
@@ -695,7 +937,9 @@ def test_random_registry_and_token_replies_never_crash_nor_leak(sandbox, server,
             _forget(sandbox)
         r = _pull(sandbox, registry) if command == "sync" else _push(sandbox, registry)
         assert r.code in DOCUMENTED and r.code != 1, r.err
-        _clean_exit(r, r.code)
+        # An error body the registry sent is quoted (escaped) in the message: the token in it is its own echo.
+        echoed = any(isinstance(x.body, bytes) and TOKEN.encode() in x.body for x in [*api, *token, other_reply])
+        _clean_exit(r, r.code, echoed=echoed)
         assert _leaks(other) == [] and _leaks(proxy) == []
         assert outside.unchanged() and _no_temp_left(sandbox)
         if command == "sync":

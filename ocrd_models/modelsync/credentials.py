@@ -19,9 +19,12 @@ A key is ``host`` or ``host:port`` (an IPv6 address in brackets). An origin is s
 port: a key with a port is for that port only; a key without one is for the scheme's default
 port (443 for https, 80 for http). Credentials are attached only to requests whose origin is
 the credential's: a redirect to another host, or to the same host on another port, never
-carries them. They never travel over plain HTTP, except to hosts the user allowed
-(``[settings] allow_http``) and to loopback addresses (127.0.0.0/8, ::1, ``localhost``), whose
-bytes never leave the machine.
+carries them. Which origin a URL names is decided by the parser that sends the request
+(:func:`transport.parse`), and URLs other parsers read differently are refused. Credentials never
+travel over plain HTTP, except to hosts the user allowed (``[settings] allow_http``, a proxy on
+the way included) and to loopback addresses (127.0.0.0/8, ::1, ``localhost``) reached directly,
+whose bytes never leave the machine: when ``HTTP_PROXY``/``ALL_PROXY`` would forward a loopback
+request (the host is not in ``NO_PROXY``), the proxy would read it, so no credentials go.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import UserInputError
 from .settings import Environment
+
+if TYPE_CHECKING:
+    from . import transport
 
 Origin = tuple[str, str, int]  # scheme, host (lower case, IPv6 without brackets), port
 Key = tuple[str | None, str, int | None]  # an origin; None: any scheme / the scheme's default port
@@ -91,16 +97,14 @@ def _plain_http_url(url: str) -> bool:
 
 
 def origin(url: str) -> Origin | None:
-    """Scheme, host and port of an http(s) URL (the default port filled in); None for anything else."""
+    """Scheme, host and port of an http(s) URL (the default port filled in) as the request to it is made
+    (:func:`transport.parse`); None for anything else, and for URLs that parsers read differently."""
+    from . import transport  # urllib3: only commands that speak to the network pay for its import
+
     try:
-        parts = urlsplit(url)
-        port = parts.port  # raises for a port that is not a number in range
+        return transport.parse(url).origin
     except ValueError:
         return None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS or not parts.hostname:
-        return None
-    return scheme, parts.hostname.lower(), DEFAULT_PORTS[scheme] if port is None else port
 
 
 def origin_text(o: Origin) -> str:
@@ -148,15 +152,37 @@ def is_loopback(host: str) -> bool:
 def plain_http_allowed(host: str, port: int, allow_http: frozenset[str]) -> bool:
     """Whether ``host:port`` may be spoken to in plain HTTP with credentials: loopback, or allowed by the user
     (``[settings] allow_http`` names ``host`` or ``host:port``)."""
-    if is_loopback(host):
-        return True
+    return is_loopback(host) or user_allows_http(host, port, allow_http)
+
+
+def user_allows_http(host: str, port: int, allow_http: frozenset[str]) -> bool:
+    """Whether ``[settings] allow_http`` names ``host`` or ``host:port``."""
     names = {host, f"{host}:{port}", f"[{host}]", f"[{host}]:{port}"}
     return any(a.strip().lower() in names for a in allow_http)
 
 
 def may_carry_credentials(o: Origin, allow_http: frozenset[str]) -> bool:
-    """Credentials travel over https, and over plain http only where :func:`plain_http_allowed` says so."""
-    return o[0] == "https" or plain_http_allowed(o[1], o[2], allow_http)
+    """Credentials travel over https; over plain http to hosts in ``allow_http``; and to loopback hosts
+    only when no proxy reads the request on the way (see :func:`withheld`)."""
+    return withheld(o, allow_http) is None
+
+
+def withheld(o: Origin, allow_http: frozenset[str]) -> str | None:
+    """Why credentials for origin ``o`` may not be sent there (a sentence for a message), or None."""
+    scheme, host, port = o
+    if scheme == "https" or user_allows_http(host, port, allow_http):
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    if not is_loopback(host):
+        return (f"credentials are never sent over plain HTTP to another machine ({origin_text(o)}). If you "
+                f"trust the network, allow it: [settings] allow_http = [\"{shown}\"] in models.toml.")
+    from . import transport
+
+    if transport.proxied_in_clear(transport.Target(scheme, host, port, "")):
+        return (f"credentials for {origin_text(o)} are not sent: that plain-HTTP request would go through "
+                f"the proxy in HTTP_PROXY/ALL_PROXY, which reads it. Add {shown} to NO_PROXY to reach it "
+                f"directly (or allow_http = [\"{shown}\"] in [settings] if you trust the proxy).")
+    return None
 
 
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: a header value that cannot split a request
@@ -211,23 +237,45 @@ class Credentials:
         raw = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.headers[key] = f"Basic {raw}"
 
-    def with_origin(self, o: Origin, value: str, allow_http: frozenset[str] = frozenset()) -> "Credentials":
-        """A copy that also sends ``value`` to exactly the origin ``o`` (and allows ``allow_http`` too)."""
+    def with_origin(self, o: Origin, value: str | None, allow_http: frozenset[str] = frozenset()) -> "Credentials":
+        """A copy that sends ``value`` (None: nothing) to exactly the origin ``o``, whatever else was configured
+        for it, and allows ``allow_http`` too."""
         return Credentials({**self.headers, o: value}, self.allow_http | allow_http)
 
-    def for_url(self, url: str) -> dict[str, str]:
-        """The Authorization header for ``url``'s origin (user info in the URL itself counts too)."""
-        o = origin(url)
-        if o is None or not may_carry_credentials(o, self.allow_http):
+    def for_url(self, url: "str | transport.Target") -> dict[str, str]:
+        """The Authorization header for ``url``'s origin (user info in the URL itself counts too), as
+        :func:`transport.parse` reads it: the origin the request really goes to."""
+        from . import transport
+
+        try:
+            target = url if isinstance(url, transport.Target) else transport.parse(url)
+        except ValueError:
             return {}
-        parts = urlsplit(url)
-        if parts.username is not None:
+        value = self.value_for(target)
+        if value is None or not may_carry_credentials(target.origin, self.allow_http):
+            return {}
+        return {"Authorization": value}
+
+    def withheld(self, url: "str | transport.Target") -> str | None:
+        """Why the credentials configured for ``url`` were not sent with it (a sentence), or None."""
+        from . import transport
+
+        try:
+            target = url if isinstance(url, transport.Target) else transport.parse(url)
+        except ValueError:
+            return None
+        return withheld(target.origin, self.allow_http) if self.value_for(target) else None
+
+    def value_for(self, target: "transport.Target") -> str | None:
+        """The Authorization value configured for ``target`` (its user info, else its origin's entry), whether
+        or not it may be sent there."""
+        if target.userinfo is not None:
             from urllib.parse import unquote
 
-            raw = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
-            return {"Authorization": f"Basic {raw}"}
-        value = lookup(self.headers, o)
-        return {"Authorization": value} if value else {}
+            user, _, password = target.userinfo.partition(":")
+            raw = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+            return f"Basic {raw}"
+        return lookup(self.headers, target.origin)
 
 
 def _our_key(text: str, where: str) -> Key:

@@ -15,8 +15,9 @@ Robust against the network as it is, and against servers that are broken or host
   come back unchanged (and no ETag may appear when we sent a date). Any other 206 is never
   spliced onto the bytes we have: the download starts over from byte 0 (counted as a retry).
 - Redirects are followed by us: an https -> http downgrade is refused, credentials never reach
-  another host, a malformed ``Location`` fails at once. Bodies of redirects and of error
-  responses are never read.
+  another host, a malformed ``Location`` fails at once, and so does one other URL parsers would
+  read differently (a backslash, control characters, user info: :func:`transport.parse`). Bodies
+  of redirects and of error responses are never read.
 - Malformed header values (``Content-Length``, ``Content-Range``, ``Location``, ``Retry-After``)
   never crash: they fail (exit 3), restart or are ignored as documented above; reason phrases
   and header values from the server stay out of messages or are shortened with ``!r``.
@@ -41,7 +42,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from . import failpoints
 from .atomic import temp_name
-from .credentials import Credentials, redact, strip_userinfo
+from .credentials import Credentials, redact, strip_userinfo, user_allows_http
 from .digest import stream_hasher
 from .errors import ChecksumMismatch, InstallError, NetworkError, UserInputError, filesystem_error
 
@@ -60,7 +61,7 @@ Progress = Callable[[int], None]
 _COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit() accepts '²'), below 2**63
 _CONTENT_RANGE = re.compile(r"(?i:bytes) ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
 _STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')  # RFC 9110 entity-tag without W/
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # never valid in a URL (a space is percent-encoded)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")  # never valid in a Location (a space is percent-encoded)
 _URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7f))  # printable ASCII stays as it is
 
 
@@ -181,19 +182,12 @@ def _http_date(value: str | None) -> float | None:
         return None
 
 
-def _checked_url(url: str) -> str:
-    """``url`` if it is an http(s) URL urllib3 can request; raises ValueError (with a reason) if not."""
-    if _CONTROL.search(url):
-        raise ValueError("it contains a control character")
-    parts = urlsplit(url)  # raises ValueError for a broken IPv6 literal
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{parts.scheme or 'a relative'}: URLs cannot be downloaded from")
-    if not parts.hostname:
-        raise ValueError("it has no host")
-    port = parts.port  # raises ValueError: out of range or not a number
-    if port == 0:
-        raise ValueError("port 0 is not a port")
-    return url
+def _checked_url(url: str, from_server: bool = False):
+    """``url`` as the request to it is made (a :class:`transport.Target`); raises ValueError (with a reason)
+    if it is not an http(s) URL every parser reads the same way (see :func:`transport.parse`)."""
+    from . import transport  # urllib3 costs 0.1 s to import: only commands that download pay it
+
+    return transport.parse(url, from_server=from_server)
 
 
 def _redirect_target(url: str, location: str | None) -> str:
@@ -201,11 +195,13 @@ def _redirect_target(url: str, location: str | None) -> str:
     if not location:
         raise ValueError("the redirect has no Location")
     if _CONTROL.search(location):
-        raise ValueError("its Location contains a control character")
+        raise ValueError("its Location contains a control character or a backslash")
     # http.client decodes header bytes as latin-1: recover them and percent-encode non-ASCII bytes
     # (a UTF-8 path sent raw, as some servers do) and spaces, as browsers do.
     location = quote(location.encode("latin-1"), safe=_URL_SAFE)  # UnicodeEncodeError is a ValueError
-    return _checked_url(urljoin(url, location))
+    target = urljoin(url, location)
+    _checked_url(target, from_server=True)
+    return target
 
 
 class _SpeedFloor:
@@ -297,39 +293,39 @@ class _Download:
         for hop in range(MAX_REDIRECTS + 1):
             if hop and time.monotonic() >= self.deadline:
                 raise _Transient("the retry time ran out while following redirects")
-            parts = urlsplit(url)
-            # Credentials of this URL's host only: a redirect to another host never carries them.
-            headers = dict(self.net.credentials.for_url(url))
+            here = _checked_url(url)  # checked before: the request goes where this says
+            # Credentials of this URL's origin only: a redirect to another origin never carries them.
+            headers = dict(self.net.credentials.for_url(here))
             self.sent = self._if_range() if self.size else None
             if self.size and self.sent is None:
                 self._restart()  # nothing could guard a resume (no strong validator): from scratch
             if self.sent is not None:
                 headers["Range"] = f"bytes={self.size}-"
                 headers["If-Range"] = self.sent[1]
-            resp = transport.get(url, parts.scheme, parts.hostname or "", headers,
-                                 self.net.connect_timeout, self.net.read_timeout)
+            resp = transport.get(here, headers, self.net.connect_timeout, self.net.read_timeout)
             if resp.status not in REDIRECT_STATUS:
                 self.final_url = url
                 return resp
             location = resp.headers.get("Location")
             _discard(resp)  # a redirect's body is never read
             try:
-                target = _redirect_target(url, location)
+                new = _checked_url(_redirect_target(url, location), from_server=True)
             except ValueError as err:
                 raise NetworkError(f"download of {redact(self.url)} failed: the server answered "
                                    f"{_status_text(resp.status)} with a redirect that cannot be followed ({err}: "
                                    f"{_short(location or '')}).") from None
-            if target in seen or target == url:
+            if new.url in seen or new.url == here.url:
                 raise NetworkError(f"download of {redact(self.url)} failed: redirect loop at "
-                                   f"{_short(redact(target), 200)}")
-            new = urlsplit(target)
-            if parts.scheme == "https" and new.scheme == "http" and (new.hostname or "") not in self.net.allow_http:
+                                   f"{_short(redact(new.url), 200)}")
+            if here.scheme == "https" and new.scheme == "http" and \
+                    not user_allows_http(new.host, new.port, self.net.allow_http):
+                shown = f"[{new.host}]" if ":" in new.host else new.host
                 raise NetworkError(
                     f"download of {redact(self.url)} refused: it redirects from https to plain http "
-                    f"({_short(redact(target), 200)}). If you trust that host, allow it: [settings] allow_http = "
-                    f"[\"{new.hostname}\"] in models.toml.")
-            seen.append(url)
-            url = target
+                    f"({_short(redact(new.url), 200)}). If you trust that host, allow it: [settings] allow_http = "
+                    f"[\"{shown}\"] in models.toml.")
+            seen.append(here.url)
+            url = new.url
         raise NetworkError(f"download of {redact(self.url)} failed: more than {MAX_REDIRECTS} redirects")
 
     def attempt(self) -> None:
@@ -379,6 +375,9 @@ class _Download:
                     "wrong prefix" if status in (404, 410) else
                     "the server refused access: credentials may be needed (README: \"Credentials\")"
                     if status in (401, 403) else "the server refused the request")
+            withheld = self.net.credentials.withheld(self.final_url) if status in (401, 403) else None
+            if withheld:
+                hint = f"the server refused access, and {withheld}"
             raise NetworkError(f"download of {redact(self.url)} failed: {_status_text(status, resp.reason)}; {hint}")
         if status not in (200, 206):
             raise NetworkError(f"download of {redact(self.url)} failed: the server answered "
@@ -494,29 +493,12 @@ class _Download:
     # -- attempts ----------------------------------------------------------------------------------
     def run(self) -> tuple[str, int, str]:
         """Attempts until one succeeds or the retry count or time runs out (see :func:`fetch`)."""
-        started = time.monotonic()
-        self.deadline = started + self.net.max_retry_time
+        attempts = Attempts(self.net, redact(self.url))
+        self.deadline = attempts.deadline
         last: _Transient | None = None
-        made, why = 0, ""
-        while made <= self.net.retries:
-            if made:
-                delay = self.net.backoff * (2 ** (made - 1)) * (0.75 + random.random() * 0.5)
-                if last is not None and last.after is not None and last.after > delay:
-                    delay = last.after
-                    why = f" (the server asked to retry after {last.after:.0f} s)"
-                if time.monotonic() + delay > self.deadline:
-                    why += f"; no retry fits into max_retry_time = {self.net.max_retry_time:g} s"
-                    break
-                if last is not None and last.attempts is not None and made >= last.attempts:
-                    break
-                why = ""
-                log.log(logging.WARNING if delay >= LONG_WAIT else logging.INFO,
-                        "%s: %s; retrying in %.1f s (attempt %d of at most %d)", redact(self.url), last, delay,
-                        made + 1, self.net.retries + 1)
-                time.sleep(delay)
-                if last is not None and last.restart:
-                    self._restart()
-            made += 1
+        while attempts.next(last):
+            if last is not None and last.restart:
+                self._restart()
             try:
                 self.digest = None
                 self.attempt()
@@ -527,16 +509,52 @@ class _Download:
                 self._close_hash()
                 raise
         self._close_hash()
-        raise NetworkError(f"download of {redact(self.url)} failed after {made} attempt(s): {last}{why}. "
-                           "Check the network (or the mirror setting) and run the command again; retries and "
-                           "timeouts are set in [settings.network].")
+        raise NetworkError(f"download of {redact(self.url)} failed after {attempts.made} attempt(s): {last}"
+                           f"{attempts.why}. Check the network (or the mirror setting) and run the command again; "
+                           "retries and timeouts are set in [settings.network].")
+
+
+class Attempts:
+    """The attempts of one network operation (a download, a registry call): at most ``retries + 1``, with
+    exponential backoff and jitter between them (or the server's ``Retry-After`` when longer), none
+    starting after ``max_retry_time`` from the first, and at most ``_Transient.attempts`` for a fault of
+    a kind that says so (a name that does not resolve)."""
+
+    def __init__(self, net: NetConfig, what: str) -> None:
+        self.net, self.what = net, what
+        self.deadline = time.monotonic() + net.max_retry_time
+        self.made = 0
+        self.why = ""  # why no further attempt was made, for the final message
+
+    def next(self, last: "_Transient | None") -> bool:
+        """Wait the backoff and return True when another attempt may start (always the first); else False."""
+        if self.made == 0:
+            self.made = 1
+            return True
+        if self.made > self.net.retries:
+            return False
+        delay = self.net.backoff * (2 ** (self.made - 1)) * (0.75 + random.random() * 0.5)
+        if last is not None and last.after is not None and last.after > delay:
+            delay = last.after
+            self.why = f" (the server asked to retry after {last.after:.0f} s)"
+        if time.monotonic() + delay > self.deadline:
+            self.why += f"; no retry fits into max_retry_time = {self.net.max_retry_time:g} s"
+            return False
+        if last is not None and last.attempts is not None and self.made >= last.attempts:
+            return False
+        self.why = ""
+        log.log(logging.WARNING if delay >= LONG_WAIT else logging.INFO,
+                "%s: %s; retrying in %.1f s (attempt %d of at most %d)", self.what, last, delay,
+                self.made + 1, self.net.retries + 1)
+        time.sleep(delay)
+        self.made += 1
+        return True
 
 
 def _discard(resp) -> None:
     """Let go of a response whose body we do not want or could not finish (a redirect, an error page,
     a broken stream): its connection is closed, not reused, and nothing more of it is read."""
     resp.close()
-    resp.release_conn()
 
 
 def _reason(err: Exception) -> str:

@@ -45,10 +45,11 @@ class RegistrySource:
                 return None
             # The token (if any) goes to the registry's origin only: a redirect to its storage, even on the
             # same host name and another port, never carries it. Plain HTTP to the registry carries it only
-            # where the client speaks plain HTTP at all (loopback, or allowed by the user).
+            # where the client speaks plain HTTP at all (loopback reached directly, or allowed by the user).
+            # The registry's origin gets the registry's authorization and nothing else (no netrc, no
+            # MODELSYNC_TOKENS entry): every request to it carries the same, API calls and blobs alike.
             header = self.client.auth_header().get("Authorization")
-            creds = net.credentials.with_origin(self.client.origin, header, net.allow_http | self.client.allow_http) \
-                if header else replace(net.credentials, allow_http=net.credentials.allow_http | net.allow_http)
+            creds = net.credentials.with_origin(self.client.origin, header, net.allow_http | self.client.allow_http)
             got = fetch(self.client.blob_url(digest), directory, expected_sha256=sha256, progress=progress,
                         on_total=on_total, what=f"{what} (from registry {self.client.ref.host})",
                         net=replace(net, credentials=creds))
@@ -75,7 +76,6 @@ def open_source(reference: str, only: bool, env, allow_http: frozenset[str], net
     from .oci import Reference, load_login
 
     ref = Reference.parse(reference)
-    client = RegistryClient(ref, load_login(ref.host, env), allow_http,
-                            (net.connect_timeout, net.read_timeout))
+    client = RegistryClient(ref, load_login(ref.host, env), allow_http, net)  # net: timeouts and retries too
     return RegistrySource(client, only)
 
