@@ -337,6 +337,7 @@ def test_a_broken_credential_helper_means_no_credentials_and_says_why(sandbox, s
     r = _pull(sandbox, public)
     _clean_exit(r, 0)
     assert _installed(sandbox) == BLOB
+    assert helpers.calls() == []  # a registry that asks for no credentials never runs a helper
     _forget(sandbox)
     r = _pull(sandbox, private)
     _clean_exit(r, 3)

@@ -627,7 +627,9 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
     1. No single read waits more than ``W``. Each request must have its response head (status
        line and headers) complete within ``connect_timeout + W`` seconds of being started
        (connecting, a proxy's CONNECT and the TLS handshake included; name resolution excepted),
-       else it is cut as a stall.
+       and every read of the body must return within ``connect_timeout + W`` of the previous one
+       whatever arrives meanwhile (chunked framing: chunk-size lines, extensions, trailers), else
+       it is cut as a stall (:mod:`transport`).
     2. Low-speed cut, like curl's ``--speed-limit 1024 --speed-time W``: after each read of a
        body, the average rate since a mark at least ``W`` seconds old (at most ``9/8 W`` plus one
        read) is compared with 1 KiB/s; below it, the attempt is cut as a stall, a transient fault

@@ -128,36 +128,47 @@ class RegistryLogin:
 
 @dataclass(frozen=True)
 class _Helper:
-    """A login kept by a Docker credential helper, asked for only when it is needed."""
+    """A login kept by a Docker credential helper, asked for only when it is needed (a registry that never
+    asks for credentials never runs a helper, which may prompt for a passphrase)."""
 
     helper: str  # NAME of docker-credential-NAME
     server: str  # what ``docker login`` stored it under: the host, as the config names it
+    fallback: RegistryLogin | None = None  # the config's ``auths`` entry, if the helper has nothing
 
 
 @dataclass
 class Logins:
     """The logins the user configured: the registry's, and those of other origins (token services)."""
 
-    registry: RegistryLogin | None = None
-    others: dict[Key, RegistryLogin | _Helper] = field(default_factory=dict)
+    registry: RegistryLogin | _Helper | None = None
+    others: dict[Key, RegistryLogin | _Helper | None] = field(default_factory=dict)
     note: str = ""  # why a configured login could not be had (a credential helper that failed)
     env: Any = None  # the Environment credential helpers run in
+    _asked: dict[_Helper, RegistryLogin | None] = field(default_factory=dict)  # helpers' answers
+
+    def registry_login(self) -> RegistryLogin | None:
+        """The registry's login (a credential helper is asked once, when first needed)."""
+        return self._resolved(self.registry)
 
     def for_origin(self, o: Origin, registry: Origin) -> RegistryLogin | None:
         """The login for origin ``o``: the registry's on the registry's origin, else what was configured for
         ``o`` (a credential helper is asked once, when first needed)."""
         if o == registry:
-            return self.registry
-        with _helpers_lock:
-            found = lookup(self.others, o)
-            if isinstance(found, _Helper):
+            return self.registry_login()
+        return self._resolved(lookup(self.others, o))
+
+    def _resolved(self, found: RegistryLogin | _Helper | None) -> RegistryLogin | None:
+        if not isinstance(found, _Helper):
+            return found
+        with _helpers_lock:  # one helper at a time: two passphrase prompts at once help no one
+            if found not in self._asked:
                 login, problem = run_helper(found.helper, found.server, self.env)
-                self.note = problem or self.note
-                for key, value in self.others.items():
-                    if value == found:
-                        self.others[key] = login  # type: ignore[assignment]  # None: asked, nothing there
-                found = login
-        return found
+                if login is None:
+                    login = found.fallback
+                if login is None and problem:
+                    self.note = problem
+                self._asked[found] = login
+            return self._asked[found]
 
 
 _helpers_lock = threading.Lock()
@@ -167,30 +178,30 @@ def load_login(host: str, env) -> Logins:
     """Logins for the registry ``host``: MODELSYNC_REGISTRY_USERNAME/PASSWORD, else the Docker config (a
     credential helper for the host, else ``credsStore``, else its ``auths`` entry); and for other origins,
     the Docker config's other entries and, for the token services in MODELSYNC_REGISTRY_REALMS, the
-    registry's login."""
+    registry's login. No helper runs here: each is asked when its login is first needed."""
     config = _docker_config(env)
     auths = config.get("auths") if isinstance(config.get("auths"), dict) else {}
     helpers = config.get("credHelpers") if isinstance(config.get("credHelpers"), dict) else {}
     store = config.get("credsStore") if isinstance(config.get("credsStore"), str) else ""
     user, pw = env.get("MODELSYNC_REGISTRY_USERNAME"), env.get("MODELSYNC_REGISTRY_PASSWORD")
-    registry = RegistryLogin(user, pw or "") if user else None
-    note = ""
+    registry: RegistryLogin | _Helper | None = RegistryLogin(user, pw or "") if user else None
     if registry is None:
-        registry, note = _docker_login(host, auths, helpers, store, env)
-    others: dict[Key, RegistryLogin | _Helper] = {}
+        registry = _docker_login(host, auths, helpers, store)
+    others: dict[Key, RegistryLogin | _Helper | None] = {}
     for name, item in auths.items():
         key = _auths_key(name)
         if key is None:
             continue
         login = _auth_entry(item)
-        if login is None and store and isinstance(item, dict):
-            login = _Helper(store, name)  # docker login with a store leaves an empty entry here
+        if store and isinstance(item, dict):
+            login = _Helper(store, name, login)  # with a store, docker login leaves the entry (nearly) empty
         if login is not None:
             others.setdefault(key, login)
     for name, helper in helpers.items():
         key = _auths_key(name)
         if key is not None and isinstance(helper, str):
-            others[key] = _Helper(helper, name)  # a helper for a host wins over its auths entry, as in docker
+            # A helper for a host wins over its auths entry, as in docker.
+            others[key] = _Helper(helper, name, _auth_entry(auths.get(name)))
     for name in (env.get("MODELSYNC_REGISTRY_REALMS") or "").split():
         key = parse_key(name)
         if key is None:
@@ -198,20 +209,16 @@ def load_login(host: str, env) -> Logins:
                                  "a registry names in its challenge, e.g. gitlab.com)")
         if registry is not None:
             others[key] = registry
-    return Logins(registry, others, note, env)
+    return Logins(registry, others, "", env)
 
 
-def _docker_login(host: str, auths: dict, helpers: dict, store: str, env) -> tuple[RegistryLogin | None, str]:
-    """The registry's login from the Docker config, and why there is none where one was configured."""
+def _docker_login(host: str, auths: dict, helpers: dict, store: str) -> RegistryLogin | _Helper | None:
+    """The registry's login in the Docker config: a helper for the host, else the store (either with the
+    ``auths`` entry as its fallback), else the ``auths`` entry."""
     names = (host, f"https://{host}", f"http://{host}", f"https://{host}/v2/", f"http://{host}/v2/")
     entry = next((login for login in (_auth_entry(auths.get(n)) for n in names) if login is not None), None)
     helper = next((helpers[n] for n in names if isinstance(helpers.get(n), str)), None) or store
-    if not helper:
-        return entry, ""
-    login, problem = run_helper(helper, host, env)
-    if login is not None:
-        return login, ""
-    return entry, "" if entry is not None else (problem or "")
+    return _Helper(helper, host, entry) if helper else entry
 
 
 def run_helper(name: str, server: str, env) -> tuple[RegistryLogin | None, str]:
@@ -511,7 +518,7 @@ class RegistryClient:
             return f"registry {self.ref.host} refused access to {self.ref.repository}: {self._note}"
         if self.login.note:  # a credential helper failed: that is why we had nothing to send
             return f"registry {self.ref.host} refused access to {self.ref.repository}: {self.login.note}"
-        where = ("MODELSYNC_REGISTRY_USERNAME/PASSWORD or ~/.docker/config.json" if self.login.registry
+        where = ("MODELSYNC_REGISTRY_USERNAME/PASSWORD or ~/.docker/config.json" if self.login.registry_login()
                  else "no credentials were found")
         return (f"registry {self.ref.host} refused access to {self.ref.repository} ({where}). Log in with "
                 f"`docker login {self.ref.host}` (or set MODELSYNC_REGISTRY_USERNAME and "
@@ -525,10 +532,11 @@ class RegistryClient:
         scheme, params = _challenge(header)
         scope = self._scope(push)
         if scheme == "basic":  # the registry's own challenge: its login goes back to its origin only
-            if self.login.registry is None:
+            login = self.login.registry_login()
+            if login is None:
                 raise RegistryAuthError(self._refused())
             with self._lock:
-                self._auth[scope] = _basic(self.login.registry)
+                self._auth[scope] = _basic(login)
             return
         if scheme != "bearer" or "realm" not in params:
             raise RegistryAuthError(f"registry {self.ref.host} asks for an authentication scheme we do not "
@@ -588,7 +596,7 @@ class RegistryClient:
         """The login the token service at origin ``o`` may have (None when it may have none); notes why
         a login was withheld, for the refusal message."""
         login = self.login.for_origin(o, self.origin)
-        if login is None and self.login.registry is not None:
+        if login is None and self.login.registry is not None:  # configured (a helper not asked yet counts)
             self._note = (f"its token service {origin_text(o)} is another origin, so the registry's credentials "
                           "were not sent there. If that service belongs to the registry (as gitlab.com does to "
                           f"registry.gitlab.com), say so: MODELSYNC_REGISTRY_REALMS={_key_text(o)}; or log in to it "

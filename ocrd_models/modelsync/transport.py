@@ -29,10 +29,10 @@ then fails with :class:`SlowResponse`, a transient fault):
   included; name resolution excepted; an upload's body moves the deadline on as it is sent);
 - a reply that is not content (``stream=False``: JSON, error text) must also arrive *whole*
   within that time;
-- a streamed body (``stream=True``: a download) must make progress: no read may wait longer than
-  ``read_timeout``, whatever the bytes on the wire are (chunk-size lines, chunk extensions and
-  trailers trickled or sent without end included). The low-speed floor is the caller's
-  (:func:`fetch.fetch`).
+- a streamed body (``stream=True``: a download) must make progress: no read of it may take longer
+  than ``connect_timeout + read_timeout``, whatever the bytes on the wire are (chunk-size lines,
+  chunk extensions and trailers trickled or sent without end included; each socket read is
+  bounded by ``read_timeout`` as well). The low-speed floor is the caller's (:func:`fetch.fetch`).
 
 ``Accept-Encoding: identity`` is sent so that a server never compresses the bytes whose SHA-256
 we check. Redirects and retries stay with the callers.
@@ -303,11 +303,6 @@ class _Watchdog:
         self._push(watch)
         return watch
 
-    def reset(self, watch: _Watch, seconds: float) -> None:
-        """Set ``watch``'s deadline to ``seconds`` from now (earlier or later than before)."""
-        watch.deadline = time.monotonic() + seconds
-        self._push(watch)
-
     def _push(self, watch: _Watch) -> None:
         with self._cond:
             self._seq += 1
@@ -457,8 +452,8 @@ class Response:
 
     def _slow(self) -> SlowResponse:
         if self._window is not None:
-            return SlowResponse(f"the body made no progress for {self._window:g} s (read_timeout): the server "
-                                "stalls")
+            return SlowResponse(f"the body made no progress for {self._window:g} s (connect_timeout + "
+                                "read_timeout): the server stalls")
         return SlowResponse(f"the reply did not arrive whole within {self._limit:g} s (connect_timeout + "
                             "read_timeout): the server answers too slowly")
 
@@ -567,8 +562,10 @@ def request(method: str, target: Target, headers: dict[str, str], *, connect_tim
         raise SlowResponse(f"no complete response head within {limit:g} s (connect_timeout + read_timeout): "
                            "the server answers too slowly")
     if stream:
-        _watchdog.reset(watch, read_timeout)  # from now on: progress within read_timeout
-    return Response(resp, watch, read_timeout if stream else None, limit)
+        # From now on: each read within the same limit, counted from the last one. The deadline only
+        # moves later, so the watchdog finds it when the old one is due (no wake-up per download).
+        watch.deadline = time.monotonic() + limit
+    return Response(resp, watch, limit if stream else None, limit)
 
 
 def get(url: str | Target, headers: dict[str, str], connect_timeout: float, read_timeout: float) -> Response:
