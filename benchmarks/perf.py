@@ -284,7 +284,7 @@ def main() -> int:
             b.manifest(items)
             b.fresh()
             run([MODELSYNC, "sync"], b.env, b.project)
-            baseline = [sys.executable, "-c", "import requests, rich, typer, pydantic, yaml"]
+            baseline = [sys.executable, "-c", "import urllib3, rich, typer, pydantic, yaml"]
             for cmd in ("sync", "status"):
                 b.pair(f"no-op {cmd}, everything installed", [MODELSYNC, cmd], baseline,
                        "<= 1.5x python -c import", lambda mo, mt: ok(mo <= 1.5 * mt), fresh_ours=False,

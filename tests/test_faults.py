@@ -16,8 +16,9 @@ PROC = "ocrd-kraken-recognize"
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(monkeypatch):
-    # Real backoff, just small: the tests exercise the same code paths in milliseconds.
+def fast_retries(sandbox, monkeypatch):
+    # Real backoff, just small: the tests exercise the same code paths in milliseconds. After the
+    # sandbox, which clears the shell's MODELSYNC_* variables.
     monkeypatch.setenv("MODELSYNC_BACKOFF", "0.05")
     monkeypatch.setenv("MODELSYNC_READ_TIMEOUT", "1")
 

@@ -461,7 +461,7 @@ class Project:
         ref = Reference.parse(reference)
         net = self.net_config()
         client = RegistryClient(ref, load_login(ref.host, self.env), frozenset(self.settings.allow_http),
-                                (net.connect_timeout, net.read_timeout))
+                                net)  # timeouts and retries, as for downloads
         return oci_push.push(lock, client, self._artifact, chunk or DEFAULT_CHUNK, progress)
 
     def _artifact(self, e: LockEntry) -> Path:
