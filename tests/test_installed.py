@@ -3,6 +3,7 @@ count, removals that do not orphan, locks only for what happened, one download p
 
 from __future__ import annotations
 
+import os
 import tomllib
 
 from conftest import make_tar, sha256
@@ -246,3 +247,22 @@ def test_an_edit_through_a_hardlink_is_caught_and_said_and_fetched_again(sandbox
     # a deleted file is repaired from the intact cache: no download
     installed.unlink()
     assert sandbox.run("sync").code == 0 and installed.read_bytes() == data and server.count("/m.bin") == 2
+
+
+def test_a_first_download_cut_short_without_content_length_is_not_installed(sandbox, server):
+    """No lock, no pin, no Content-Length: a connection cut short looks like the end of the body."""
+    import gzip
+
+    from httpserver import Fault
+
+    model = gzip.compress(os.urandom(200_000))
+    url = server.add("/m.pyrnn.gz", model)
+    server.faults["/m.pyrnn.gz"] = Fault(no_length=True, truncate_at=len(model) // 2)
+    sandbox.write_manifest('[settings.network]\nretries = 1\nbackoff = 0.01\n'
+                           f'[processors]\n{PROC} = [{{name = "m.pyrnn.gz", url = "{url}"}}]\n')
+    r = sandbox.run("sync")
+    assert r.code == 3 and "without a Content-Length" in r.err and "gzip" in r.err, r.err
+    assert not (sandbox.data_dir(PROC) / "m.pyrnn.gz").exists() and not sandbox.lock.exists()
+    del server.faults["/m.pyrnn.gz"]  # the server recovers: the whole body arrives and is installed
+    assert sandbox.run("sync").code == 0
+    assert (sandbox.data_dir(PROC) / "m.pyrnn.gz").read_bytes() == model

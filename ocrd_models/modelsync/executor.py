@@ -128,7 +128,7 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
 
     progress.start(task, w.size)
     req = Request(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
-                  expected_sha256=exp.sha256, expected_installed=exp.installed)
+                  expected_sha256=exp.sha256, expected_installed=exp.installed, size=w.size)
     fetcher = Fetcher(ctx.mirrors, ctx.base_dir, ctx.offline, advance, lambda t: progress.update_total(task, t),
                       ctx.net, ctx.limits, ctx.registry, ctx.flights)
     got = obtain(req, ctx.cache, fetcher)

@@ -612,11 +612,26 @@ def _copy_local(src: Path, dest: Path, progress: Progress | None) -> tuple[str, 
     return h.hexdigest(), size
 
 
+def _check_plausible(path: Path, declared_size: int | None, what: str) -> None:
+    """A body without Content-Length and without a pin: a connection cut short looks like its end, and
+    nothing else vouches for the bytes. They must at least hold together (plausible.py)."""
+    from .plausible import implausible
+
+    why = implausible(path, declared_size=declared_size)
+    if why:
+        raise NetworkError(f"download of {what} ended without a Content-Length, and what arrived cannot be the "
+                           f"model ({why}): most likely the connection was cut short. Nothing was installed; run "
+                           "the command again, or pin its sha256 in models.toml.")
+
+
 def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, base_dir: Path = Path("."),
           expected_sha256: str | None = None, progress: Progress | None = None,
           on_total: Callable[[int | None], None] | None = None, what: str = "",
-          net: NetConfig | None = None) -> Fetched:
+          net: NetConfig | None = None, declared_size: int | None = None) -> Fetched:
     """Download ``url`` into a temp file in ``directory`` while hashing; verify; return it.
+
+    Without ``expected_sha256``, a body that came without ``Content-Length`` must be plausible as a
+    model (``declared_size``: the resource entry's size, a hint) or the download fails (exit 3).
 
     Raises NetworkError, ChecksumMismatch, InstallError (an OS error writing ``directory``, via
     :func:`errors.filesystem_error`) or UserInputError (a missing local file, a malformed URL).
@@ -670,9 +685,11 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
                 dest.touch()
             except OSError as err:
                 raise filesystem_error(err, directory, "write") from None
-            sha, size, final = _Download(apply_mirrors(url, mirrors or {}), dest, net, progress, on_total,
-                                         expected_sha256).run()
+            download = _Download(apply_mirrors(url, mirrors or {}), dest, net, progress, on_total, expected_sha256)
+            sha, size, final = download.run()
             final = redact(unmirror(final, url, mirrors or {}))
+            if expected_sha256 is None and download.total is None:
+                _check_plausible(dest, declared_size, what or redact(url))
         failpoints.hit("hashed")
         _check(expected_sha256, sha, what or redact(url), dest)
         return Fetched(dest, sha, size, final)

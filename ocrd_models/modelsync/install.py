@@ -45,6 +45,7 @@ class Request:
     path_in_archive: str
     expected_sha256: str | None
     expected_installed: str | None
+    size: int | None = None  # as the resource entry declares it: a hint
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int
         if f.registry.only:
             raise f.registry.refuse(req.what, req.url, req.expected_sha256)
     got = fetch(req.url, cache.tmp, mirrors=f.mirrors, base_dir=f.base_dir, expected_sha256=req.expected_sha256,
-                progress=f.progress, on_total=f.on_total, what=req.what, net=f.net)
+                progress=f.progress, on_total=f.on_total, what=req.what, net=f.net, declared_size=req.size)
     path = cache.add_blob(got.path, got.sha256)
     return path, got.sha256, got.size, got.fetched_url, True
 
