@@ -47,8 +47,11 @@ def run_on_pty(args: list[str], *, cwd: Path, env: dict[str, str], columns: int 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     full_env = {**env, "TERM": env.get("TERM", "xterm-256color"), "COLUMNS": str(columns), "LINES": str(rows)}
     full_env.pop("CI", None)  # a person's terminal, not a CI log
+    # As in a terminal's foreground job, Ctrl-C must reach Python: a CI runner (or a shell's background
+    # job) may start us with SIGINT ignored, and children inherit that.
     proc = subprocess.Popen([CLI, *args], cwd=cwd, env=full_env, stdin=slave, stdout=slave, stderr=slave,
-                            start_new_session=True, close_fds=True)
+                            start_new_session=True, close_fds=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     out = bytearray()
     started = time.monotonic()
