@@ -266,3 +266,17 @@ def test_a_first_download_cut_short_without_content_length_is_not_installed(sand
     del server.faults["/m.pyrnn.gz"]  # the server recovers: the whole body arrives and is installed
     assert sandbox.run("sync").code == 0
     assert (sandbox.data_dir(PROC) / "m.pyrnn.gz").read_bytes() == model
+
+
+def test_committing_a_hardlink_over_the_same_file_leaves_no_temp_name(tmp_path):
+    """Two syncs placing one cache blob: the second rename finds both names linked to one file, where
+    rename(2) does nothing. Nothing may be left behind (a race once seen in a concurrent-sync test)."""
+    from ocrd_models.modelsync.install import commit
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"model")
+    final, temp = tmp_path / "m.bin", tmp_path / ".modelsync-tmp-1.x.m.bin.part"
+    os.link(blob, final)
+    os.link(blob, temp)
+    commit(temp, final)
+    assert final.read_bytes() == b"model" and not temp.exists()

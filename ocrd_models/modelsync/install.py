@@ -206,6 +206,10 @@ def commit(temp: Path, final: Path, deferred_fsync: set[Path] | None = None) -> 
     try:
         if not temp.is_dir() and not (final.is_dir() and not final.is_symlink()):
             os.replace(temp, final)  # atomic: readers see the old or the new file
+            # rename(2) does nothing when both names are hardlinks of one file (another sync placed the
+            # same cache blob there first): the temp name is still there, and ours to remove.
+            if os.path.lexists(temp):
+                os.unlink(temp)
         else:
             _swap_in(temp, final)
         if deferred_fsync is None:
