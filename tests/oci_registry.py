@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from httpserver import POLL
+
 BINARY = shutil.which("docker-registry") or ("/usr/bin/docker-registry"
                                              if os.path.exists("/usr/bin/docker-registry") else None)
 SKIP_REASON = ("Debian's docker-registry (the CNCF distribution registry) is not installed: "
@@ -93,7 +95,7 @@ class TokenServer:
                 self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": POLL}, daemon=True).start()
 
     @property
     def realm(self) -> str:

@@ -27,6 +27,8 @@ from conftest import sha256, tree_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from httpserver import POLL
+
 PROC = "ocrd-kraken-recognize"
 NAME = "m.mlmodel"
 REPO_NAME = "ocr/models"
@@ -123,7 +125,7 @@ class Host:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(*tls)
             self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": POLL}, daemon=True).start()
 
     @property
     def port(self) -> int:

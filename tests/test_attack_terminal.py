@@ -14,6 +14,8 @@ import pytest
 from conftest import FIXTURES
 from ptyrun import run_on_pty
 
+from httpserver import POLL
+
 # An OSC title change ended by BEL, an SGR colour, a C1 CSI, and a right-to-left override.
 HOSTILE = "\x1b]0;PWNED\x07\x1b[31mred\x9b2J\u202eevil"
 RAW_MARKERS = ("\x1b]0;", "\x07", "\x1b[31m", "\x9b", "\u202e")
@@ -42,7 +44,7 @@ class _ReasonServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": POLL}, daemon=True).start()
 
     @property
     def url(self) -> str:
