@@ -6,7 +6,7 @@
 In one run: generate a deterministic corpus (cached in --corpus), serve it from nginx on 127.0.0.1
 (Debian's nginx, configured and started here; a Python server if nginx is missing), time our tool
 and each baseline alternately (--runs times, sub-second rows at least 7 times; medians) and print
-a table of ratios against the targets of issue 6. Every run of ours starts from empty locations, cache and state (cold) unless
+a table of ratios against each row's target. Every run of ours starts from empty locations, cache and state (cold) unless
 the task says no-op. Never part of the test suite.
 """
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from oci_registry import BINARY, SKIP_REASON, Registry  # noqa: E402
+from oci_registry import BINARY, SKIP_REASON, ResourceIndex  # noqa: E402
 
 MODELSYNC = str(Path(sys.executable).parent / "modelsync")
 PROC = "ocrd-kraken-recognize"
@@ -100,7 +100,7 @@ def main() -> int:
     files["/models/calamari.tar.gz"] = buf.getvalue()
     origin = Origin(files)
     work = Path(tempfile.mkdtemp(prefix="modelsync-scaleout-"))
-    registry = Registry(work / "registry")
+    registry = ResourceIndex(work / "registry")
     try:
         items = [f'  {{ name = "{Path(p).name}", url = "{origin.url(p)}" }},' for p in files if p.endswith(".mlmodel")]
         items.append(f'  {{ name = "calamari", url = "{origin.url("/models/calamari.tar.gz")}", type = "archive", '

@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from ocrd_models.modelsync.resource import ResourceEntry  # noqa: E402
+from ocrd_models.modelsync.resources.entry import ResourceEntry  # noqa: E402
 
 DEFAULT_SOURCE = ROOT.parent / "shared" / "ocrd-tool"
 DEFAULT_OUT = ROOT / "ocrd_models" / "modelsync" / "data" / "registry.json"

@@ -25,12 +25,13 @@ __version__ = "0.1.0"  # the one source of the version: pyproject.toml reads it 
 
 _PUBLIC = {
     "open_project": "project", "find_manifest": "project", "Project": "project", "SyncResult": "project",
-    "StatusRow": "project", "VerifyRow": "project", "Plan": "planner", "Action": "planner",
+    "Flags": "runconfig", "RunConfig": "runconfig",
+    "StatusRow": "plan.reports", "VerifyRow": "plan.reports", "Plan": "plan.planner", "Action": "plan.planner",
     "Progress": "progress", "NullProgress": "progress",
     **{name: "errors" for name in (
         "ModelsyncError", "UserInputError", "ManifestError", "LockfileError", "UnknownNameError", "LocationError",
-        "NetworkError", "ChecksumMismatch", "ShadowedModel", "LockStale", "OfflineMissing", "ChangesPending", "InstallError",
-        "UnsafeArchive", "UnsafeModel", "MissingExtra", "SyncFailed", "Failure")},
+        "NetworkError", "ChecksumMismatch", "ShadowedModel", "LockStale", "OfflineMissing", "ChangesPending",
+        "InstallError", "UnsafeArchive", "UnsafeModel", "MissingExtra", "SyncFailed", "Failure")},
 }
 
 __all__ = ["__version__", *_PUBLIC]

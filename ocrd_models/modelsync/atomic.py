@@ -12,14 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import Closing
+
 TEMP_PREFIX = ".modelsync-tmp-"
 
 # Set on Ctrl-C: from then on no new temp file may appear (the cleanup must have the last word).
 closing = threading.Event()
-
-
-class Closing(Exception):
-    """Raised instead of creating a temp file once the process is shutting down."""
 
 
 def temp_owner(name: str) -> int | None:

@@ -1,7 +1,10 @@
-"""Typed errors. Each class carries its exit code; the CLI prints ``str(err)`` and exits.
+"""Every error type of the package. Each class carries its exit code; the CLI prints ``str(err)`` and
+exits with it, and ``--json`` reports :meth:`ModelsyncError.facts`.
 
-Messages are complete paragraphs: what went wrong, where, and what to do next.
-Classes also subclass the closest stdlib type so library users can catch them naturally.
+Messages are complete paragraphs: what went wrong, where, and what to do next. Low layers raise with
+the facts (URL, HTTP status, expected and actual hash, path); the layer that knows the context (the
+manifest, the lock, a registry) adds the advice (:meth:`ModelsyncError.with_hint`). Every class also
+subclasses the closest stdlib type, so library users can catch them naturally.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import os
 from dataclasses import dataclass
 
 # The exit-code table, documented in README.md ("Exit codes"). Keep both in step.
-EXIT_OK = 0
 EXIT_FAILURE = 1  # unexpected error, or several failures of different kinds
 EXIT_USER_INPUT = 2  # bad models.toml / models.lock / command line / unknown name
 EXIT_NETWORK = 3  # a download failed (HTTP error, connection, timeout)
@@ -29,6 +31,21 @@ class ModelsyncError(Exception):
     """Base class of every error the tool reports to a user."""
 
     exit_code = EXIT_FAILURE
+    hint: str = ""  # advice added by a layer that knows the context, on its own line after the message
+
+    def with_hint(self, hint: str) -> "ModelsyncError":
+        """This error with ``hint`` as its advice (replacing any earlier one); returns itself, to re-raise."""
+        self.hint = hint
+        return self
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text}\n{self.hint}" if self.hint else text
+
+    def facts(self) -> dict[str, object]:
+        """The error's fields (url, status, expected/actual hash, path, ...) for machine-readable output."""
+        return {k: v for k, v in vars(self).items()
+                if not k.startswith("_") and k != "hint" and isinstance(v, (str, int, float, bool))}
 
 
 class UserInputError(ModelsyncError, ValueError):
@@ -54,52 +71,67 @@ class LocationError(UserInputError):
 
 
 class NetworkError(ModelsyncError, ConnectionError):
-    """A download failed after retries."""
+    """A download failed after retries. ``url`` (credentials removed) and the HTTP ``status`` when known."""
 
     exit_code = EXIT_NETWORK
 
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        if url is not None:
+            self.url = url
+        if status is not None:
+            self.status = status
 
-class ChecksumMismatch(ModelsyncError):
+
+class RegistryAuthError(NetworkError):
+    """The registry refused our credentials (or wants some we do not have)."""
+
+
+class ChecksumMismatch(ModelsyncError, ValueError):
     """Bytes differ from the SHA-256 the lock or the manifest expects."""
 
     exit_code = EXIT_CHECKSUM
 
-    def __init__(self, what: str, expected: str, actual: str, hint: str = ""):
+    def __init__(self, what: str, expected: str, actual: str, hint: str = "", *, url: str | None = None):
         self.what, self.expected, self.actual = what, expected, actual
+        if url is not None:
+            self.url = url
         # The hashes on the line that says it failed (a list of failures shows that line); the hint
         # on its own line, which a list of several failures shows once.
-        msg = f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}"
-        if hint:
-            msg += f"\n{hint}"
-        super().__init__(msg)
+        super().__init__(f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}")
+        self.hint = hint
 
 
-class ShadowedModel(ModelsyncError):
+class ShadowedModel(ModelsyncError, FileExistsError):
     """Ours is installed as locked, but the processor finds a differing copy first and would load that."""
 
     exit_code = EXIT_CHECKSUM
 
 
-class LockStale(ModelsyncError):
+class LockStale(ModelsyncError, RuntimeError):
     """`--locked` was given and models.lock is missing or out of date."""
 
     exit_code = EXIT_LOCK_STALE
 
 
-class OfflineMissing(ModelsyncError):
+class OfflineMissing(ModelsyncError, LookupError):
     """`--offline` was given and something would have to be downloaded."""
 
     exit_code = EXIT_OFFLINE_MISSING
 
 
-class ChangesPending(ModelsyncError):
+class NotInRegistry(OfflineMissing):
+    """--registry-only, and the registry does not hold the artifact (or it is not locked)."""
+
+
+class ChangesPending(ModelsyncError, RuntimeError):
     """`--check` was given and the plan is not empty."""
 
     exit_code = EXIT_CHANGES_PENDING
 
 
 class InstallError(ModelsyncError, OSError):
-    """The filesystem refused an install step (permissions, space, ...)."""
+    """The filesystem refused an install step (permissions, space, ...); ``path`` and ``reason`` when known."""
 
     exit_code = EXIT_INSTALL
 
@@ -127,7 +159,9 @@ def filesystem_error(err: OSError, path: "str | os.PathLike[str]", doing: str) -
                 "choose another location (models.toml) or cache (--cache-dir).")
     else:
         hint = "check the filesystem and run the command again."
-    return InstallError(f"cannot {doing} {path}: {reason}; {hint}")
+    error = InstallError(f"cannot {doing} {path}: {reason}; {hint}")
+    error.path, error.reason = os.fspath(path), reason
+    return error
 
 
 def _mount_point(path: "str | os.PathLike[str]") -> str:
@@ -169,7 +203,7 @@ def _user() -> str:
         return str(os.geteuid()) if hasattr(os, "geteuid") else "?"
 
 
-class UnsafeArchive(ModelsyncError):
+class UnsafeArchive(ModelsyncError, ValueError):
     """An archive is malformed, of an unknown format, or has a member escaping its target."""
 
     exit_code = EXIT_UNSAFE_ARCHIVE
@@ -197,7 +231,7 @@ class Failure:
     error: ModelsyncError
 
 
-class SyncFailed(ModelsyncError):
+class SyncFailed(ModelsyncError, RuntimeError):
     """Some resources failed; all others were installed. Carries every failure."""
 
     def __init__(self, failures: list[Failure]):
@@ -221,3 +255,21 @@ class SyncFailed(ModelsyncError):
         lines.extend(hints)
         lines.append("Fix the cause and run the command again; finished resources are not fetched twice.")
         super().__init__("\n".join(lines))
+
+    def facts(self) -> dict[str, object]:
+        """Every failure's resource, message, exit code and fields."""
+        return {"failures": [{"processor": f.processor, "name": f.name, "error": str(f.error),
+                              "exit_code": f.error.exit_code, "kind": type(f.error).__name__, **f.error.facts()}
+                             for f in self.failures]}
+
+
+class UnsupportedProxy(ValueError):
+    """A proxy URL of a scheme urllib3 cannot speak (socks needs an extra we do not install)."""
+
+
+class Cancelled(Exception):
+    """Raised inside workers once the user interrupted the run (never reaches a user)."""
+
+
+class Closing(Exception):
+    """Raised instead of creating a temp file once the process is shutting down (never reaches a user)."""

@@ -16,6 +16,8 @@ import os
 import signal
 import threading
 
+from .config import failpoint_spec
+
 _lock = threading.Lock()
 _counts: dict[str, int] = {}
 _plan: dict[str, tuple[int, int]] | None = None  # name -> (count, signal)
@@ -23,7 +25,7 @@ _plan: dict[str, tuple[int, int]] | None = None  # name -> (count, signal)
 
 def _load() -> dict[str, tuple[int, int]]:
     plan = {}
-    for item in (os.environ.get("MODELSYNC_FAILPOINTS") or "").split(","):
+    for item in failpoint_spec().split(","):
         name, _, spec = item.partition("=")
         n, _, how = spec.partition(":")
         if name.strip() and n.strip().isdigit():

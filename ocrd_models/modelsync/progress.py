@@ -1,7 +1,13 @@
-"""Progress reporting as an injected callback object: the library never touches a terminal."""
+"""Progress reporting as an injected object: the library never touches a terminal.
+
+One interface, two views. A :class:`Progress` receives the events of a whole run (many tasks: one per
+resource, or per blob pushed); the code doing one task's work (a download, unpacking and hashing, an
+upload) sees only a :class:`Meter`, usually a :class:`TaskMeter` bound to its task.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -41,3 +47,27 @@ class NullProgress:
 
     def note(self, message: str) -> None:  # noqa: D102
         pass
+
+
+class Meter(Protocol):
+    """One task's progress, as the code doing its work reports it."""
+
+    def total(self, nbytes: int | None) -> None:
+        """The task's size became known (e.g. from Content-Length), or unknown again."""
+
+    def advance(self, nbytes: int) -> None:
+        """``nbytes`` more were processed (negative after a restart)."""
+
+
+@dataclass(frozen=True)
+class TaskMeter:
+    """A :class:`Meter` reporting to the task ``task`` of ``progress``."""
+
+    progress: Progress
+    task: str
+
+    def total(self, nbytes: int | None) -> None:  # noqa: D102
+        self.progress.update_total(self.task, nbytes)
+
+    def advance(self, nbytes: int) -> None:  # noqa: D102
+        self.progress.advance(self.task, nbytes)

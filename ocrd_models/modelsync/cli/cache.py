@@ -8,22 +8,21 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app, cache_app
-from .options import CacheDirOpt, JsonOpt, ManifestOpt, QuietOpt, VerboseOpt, find_manifest, project
+from .options import CacheDirOpt, JsonOpt, ManifestOpt, QuietOpt, VerboseOpt, find_manifest
 
 app.add_typer(cache_app, name="cache")
 
 
 def _cache(cache_dir: Path | None, manifest: Path | None):
-    from ..cache import Cache
-    from ..settings import Environment
+    from ..config import Environment
+    from ..install.cache import Cache
+    from ..runconfig import resolve_cache_dir
+    from ..spec.manifest import load_manifest
 
-    if cache_dir is not None:
-        return Cache(cache_dir)
-    env = Environment.from_os()
     path = find_manifest(manifest)
-    if path.exists() and not env.get("MODELSYNC_CACHE_DIR"):
-        return project(path).cache  # honours settings.cache_dir of this project
-    return Cache(env.cache_dir)
+    return Cache(resolve_cache_dir(cache_dir, Environment.from_os(),
+                                   lambda: load_manifest(path).settings if path.exists() else None,
+                                   path.absolute().parent))
 
 
 @cache_app.command("dir")
@@ -34,7 +33,7 @@ def cache_dir_cmd(cache_dir: CacheDirOpt = None, manifest: ManifestOpt = None, v
     \b
     Example: du -sh "$(modelsync cache dir)"
     """
-    from .. import render
+    from . import render
 
     # Escaped like everything printed: the directory may come from a cloned models.toml.
     render.out.print(str(_cache(cache_dir, manifest).root), markup=False, highlight=False, soft_wrap=True)
@@ -48,7 +47,7 @@ def cache_info(cache_dir: CacheDirOpt = None, manifest: ManifestOpt = None, json
     \b
     Example: modelsync cache info --json
     """
-    from .. import render
+    from . import render
 
     stats = _cache(cache_dir, manifest).stats()
     if json_out:
@@ -80,7 +79,7 @@ def cache_prune(
       modelsync cache prune --dry-run
       modelsync cache prune --older-than 30
     """
-    from .. import render
+    from . import render
 
     cache = _cache(cache_dir, manifest)
     referenced = cache.referenced() if older_than is None else set()

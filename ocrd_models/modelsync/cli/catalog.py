@@ -28,10 +28,10 @@ def available(
     \b
     Example: modelsync available ocrd-calamari-recognize
     """
-    from .. import render
-    from ..catalog import available as list_available
-    from ..resolve import unknown_processor
-    from ..settings import Environment
+    from . import render
+    from ..resources.catalog import available as list_available
+    from ..resources.resolve import unknown_processor
+    from ..config import Environment
 
     reg, entries = list_available(Environment.from_os(), processor, ask_processors=not no_processors)
     if processor and not reg.knows_processor(processor):
@@ -54,9 +54,9 @@ def list_installed(json_out: JsonOpt = False, verbose: VerboseOpt = False, quiet
     \b
     Example: modelsync list-installed
     """
-    from .. import render
-    from ..catalog import list_installed as scan
-    from ..settings import Environment
+    from . import render
+    from ..plan.installed import list_installed as scan
+    from ..config import Environment
 
     rows = scan(Environment.from_os(), Path.cwd())
     if json_out:

@@ -6,21 +6,21 @@ from __future__ import annotations
 import typer
 
 
-def _registry():
+def _index():
     import logging
 
-    from ..registry import Registry
-    from ..settings import Environment
+    from ..resources.index import ResourceIndex
+    from ..config import Environment
 
     # A warning about OCR-D's user database would be typed into the user's command line.
     logging.getLogger("ocrd_models.modelsync").setLevel(logging.CRITICAL)
-    return Registry.load(Environment.from_os())
+    return ResourceIndex.load(Environment.from_os())
 
 
 def processors(incomplete: str) -> list[str]:
     """Known processor names starting with what was typed."""
     try:
-        return [p for p in _registry().processors() if p.startswith(incomplete)]
+        return [p for p in _index().processors() if p.startswith(incomplete)]
     except Exception:  # noqa: BLE001 - completion must never print a traceback into the shell
         return []
 
@@ -32,7 +32,7 @@ def model_names(ctx: typer.Context, incomplete: str) -> list[str]:
         return []
     try:
         given = set(ctx.params.get("names") or [])
-        return [e.name for e in _registry().resources(processor)
+        return [e.name for e in _index().resources(processor)
                 if e.name.startswith(incomplete) and e.name not in given]
     except Exception:  # noqa: BLE001
         return []

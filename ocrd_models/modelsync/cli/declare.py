@@ -15,9 +15,9 @@ from .options import (JsonOpt, ManifestOpt, MirrorOpt, QuietOpt, ResourceType, V
 
 @app.command()
 def init(
-    manifest: Annotated[Path, typer.Option(
-        "--manifest", "-m", envvar="MODELSYNC_MANIFEST", metavar="FILE",
-        help="Where to create it (default: models.toml in this directory).")] = Path("models.toml"),
+    manifest: Annotated[Optional[Path], typer.Option(
+        "--manifest", "-m", metavar="FILE", show_default=False,
+        help="Where to create it (default: $MODELSYNC_MANIFEST, else models.toml in this directory).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
@@ -27,25 +27,28 @@ def init(
     \b
     Example: modelsync init && modelsync add ocrd-tesserocr-recognize deu.traineddata
     """
-    from .. import edit, render
+    from ..config import Environment, MANIFEST_NAME
+    from ..spec import edit
+    from . import render
 
+    manifest = manifest or Environment.from_os().manifest or Path(MANIFEST_NAME)
     edit.init(manifest, force=force)
     render.say(f"wrote {manifest}; declare models with `modelsync add PROCESSOR NAME`")
 
 
-def _check_processor(processor: str, registry, url: str | None) -> None:
+def _check_processor(processor: str, index, url: str | None) -> None:
     """A processor name must be known, or (with --url) at least not a near-miss of a known one."""
     from ..errors import UserInputError
-    from ..registry import did_you_mean
-    from ..resolve import unknown_processor
-    from ..settings import TESSEROCR_PREFIX
+    from ..resources.index import did_you_mean
+    from ..resources.resolve import unknown_processor
+    from ..config import TESSEROCR_PREFIX
 
-    if registry.knows_processor(processor) and (not processor.startswith(TESSEROCR_PREFIX)
-                                                or processor in registry.processors()):
+    if index.knows_processor(processor) and (not processor.startswith(TESSEROCR_PREFIX)
+                                             or processor in index.processors()):
         return
     if not url or processor.startswith(TESSEROCR_PREFIX):
-        raise unknown_processor(registry, processor)
-    near = registry.suggest_processors(processor)
+        raise unknown_processor(index, processor)
+    near = index.suggest_processors(processor)
     if near:
         raise UserInputError(f"unknown processor {processor!r}.{did_you_mean(near)} (A processor we do not "
                              "know is fine with --url, but this looks like a misspelling of a known one.)")
@@ -80,13 +83,15 @@ def add(
       modelsync add ocrd-tesserocr-recognize deu.traineddata frk.traineddata
       modelsync add ocrd-calamari-recognize mine --url ./out/model.tar.gz --type archive
     """
-    from .. import edit, processors, render
+    from ..spec import edit
+    from ..resources import processors
+    from . import render
     from ..errors import UserInputError
-    from ..fetch import local_source
-    from ..manifest import check_location
-    from ..registry import Registry
-    from ..resolve import unknown_name
-    from ..settings import Environment
+    from ..install.fetch import local_source
+    from ..spec.manifest import check_location
+    from ..resources.index import ResourceIndex
+    from ..resources.resolve import unknown_name
+    from ..config import Environment
 
     path = find_manifest(manifest)
     if url and len(names) != 1:
@@ -97,7 +102,7 @@ def add(
         except ValueError as err:
             raise UserInputError(f"--location: {err}") from None
     env = Environment.from_os()
-    reg = Registry.load(env)
+    reg = ResourceIndex.load(env)
     if url:
         source = local_source(url, path.absolute().parent)
         if source is not None and not source.exists():
@@ -138,7 +143,8 @@ def remove(
     \b
     Example: modelsync remove ocrd-tesserocr-recognize frk.traineddata --prune
     """
-    from .. import edit, render
+    from ..spec import edit
+    from . import render
 
     path = find_manifest(manifest)
     removed = edit.remove(path, processor, names or [])
@@ -170,15 +176,16 @@ def import_(
     """Adopt models already installed (by `ocrd resmgr download` or by hand).
 
     Scans OCR-D's data, system and module locations, declares every file or directory
-    whose name the registry knows for its processor in models.toml (created if missing;
+    whose name the resource index knows for its processor in models.toml (created if missing;
     comments kept), and locks them by hashing each once. Unknown files are listed, not
     guessed: declare them yourself with `modelsync add PROC NAME --url ...`.
 
     \b
     Example: modelsync import && git add models.toml models.lock
     """
-    from .. import adopt, render
-    from ..settings import Environment
+    from ..plan import adopt
+    from . import render
+    from ..config import Environment
 
     path = find_manifest(manifest)
     env = Environment.from_os()

@@ -33,7 +33,7 @@ def lock(
     \b
     Example: modelsync lock && git add models.toml models.lock
     """
-    from .. import render
+    from . import render
 
     prog, ctx = progress_display(False)
     with ctx:
@@ -65,9 +65,9 @@ def sync(
     link_mode: LinkModeOpt = None,
     no_convert: NoConvertOpt = False,
     registry: Annotated[Optional[str], typer.Option(
-        "--registry", metavar="HOST/REPOSITORY", envvar="MODELSYNC_REGISTRY",
+        "--registry", metavar="HOST/REPOSITORY",
         help="Fetch locked artifacts by digest from this OCI registry first, the origin URL only when it lacks "
-             "one (else [settings] registry). See `modelsync push`.")] = None,
+             "one (else $MODELSYNC_REGISTRY, else [settings] registry). See `modelsync push`.")] = None,
     registry_only: Annotated[bool, typer.Option(
         "--registry-only", help="Never use origin URLs: whatever the registry lacks fails (exit 6).")] = False,
     verbose: VerboseOpt = False,
@@ -87,14 +87,14 @@ def sync(
       modelsync sync --frozen --offline  # Docker: exactly the lock, from the cache only
       modelsync sync --mirror https://github.com/=https://proxy.example.org/github/
     """
-    from .. import render
+    from . import render
     from ..errors import SyncFailed
 
     prog, ctx = progress_display(json_out)
     with ctx:
         prj = project(manifest, mirror, parallel, prog, cache_dir=cache_dir, link_mode=link_mode,
-                      offline=offline, frozen=frozen, convert=not no_convert, oci_registry=registry,
-                      registry_only=True if registry_only else None)
+                      offline=offline, frozen=frozen, no_convert=no_convert, registry=registry,
+                      registry_only=registry_only)
         if locked:
             prj.check_locked()  # before planning: a stale lock must not cost any hashing
         plan = prj.plan(prune=prune, upgrade=upgrade_keys(prj, upgrade, upgrade_model))
@@ -105,9 +105,7 @@ def sync(
             result = prj.sync(plan=plan, locked=locked)
         except SyncFailed as err:
             if json_out:
-                render.emit_json({"ok": False, **plan_doc(plan),
-                                  "failures": [{"processor": f.processor, "name": f.name, "error": str(f.error),
-                                                "exit_code": f.error.exit_code} for f in err.failures]})
+                render.emit_json({"ok": False, **plan_doc(plan), **err.facts()})
             raise
     if json_out:
         render.emit_json({"ok": True, **plan_doc(plan), "lock_written": result.lock_written,

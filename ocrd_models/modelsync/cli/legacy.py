@@ -29,8 +29,8 @@ def inspect(
     """
     from dataclasses import asdict
 
-    from .. import render
-    from ..modelformats import identify
+    from . import render
+    from ..legacy.formats import identify
 
     info = identify(model)
     if json_out:
@@ -68,8 +68,9 @@ def convert(
       modelsync convert fraktur-jze.pyrnn.gz                  # -> fraktur-jze.pyrnn.hdf5
       modelsync convert toy.pyrnn.gz -o toy.hdf5 --codec '' --codec b
     """
-    from .. import hdf5model, pyrnn, render
-    from ..autoconvert import converted_name
+    from ..legacy import hdf5model, pyrnn
+    from . import render
+    from ..legacy.autoconvert import converted_name
     from ..digest import sha256_file
 
     hdf5model.check_extra()

@@ -15,18 +15,17 @@ from .app import app
 
 def main() -> None:
     """Console entry point: one message and one documented exit code per error."""
-    from .. import manifest as manifest_module
-    from ..settings import Environment
+    from ..spec import parsecache
+    from ..config import Environment
 
-    manifest_module.PARSE_CACHE_DIR = Environment.from_os().cache_dir
-    manifest_module.discard_validated()  # notes of an earlier run in this process (library use, tests)
+    parsecache.enable(Environment.from_os().cache_dir)
     output.setup()
     try:
         code = app(standalone_mode=False, prog_name="modelsync")
     except ModelsyncError as err:
-        from ..credentials import strip_userinfo
+        from ..urls import strip_userinfo
 
-        _fail(strip_userinfo(str(err)), err.exit_code, type(err).__name__)  # a safety net: URLs are redacted
+        _fail(strip_userinfo(str(err)), err.exit_code, type(err).__name__, err.facts())  # a safety net: URLs are redacted
     except (KeyboardInterrupt, typer.Abort):
         _interrupted()
     except Exception as err:
@@ -37,7 +36,7 @@ def main() -> None:
                 _fail(err.format_message() if hasattr(err, "format_message") else str(err), code, "UsageError")
             err.show()
             sys.exit(code)
-        if os.environ.get("MODELSYNC_DEBUG"):
+        if Environment.from_os().debug:
             # Printed on the real stderr: a live display may have been on when it happened.
             import traceback
 
@@ -51,7 +50,7 @@ def main() -> None:
     if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into a return value of 130
         _interrupted()
     if not code:
-        manifest_module.flush_validated()
+        parsecache.flush()
     elif isinstance(code, int) and _json_wanted():
         _fail(f"exit {code}", code, "Exit")  # e.g. verify's mismatches: its document is out already
     sys.exit(code if isinstance(code, int) else 0)
@@ -62,12 +61,13 @@ def _json_wanted() -> bool:
     return output.state.json or "--json" in sys.argv[1:]
 
 
-def _fail(message: str, code: int, kind: str) -> None:
-    """Print the error (and, for --json, its document unless the command wrote one) and exit."""
-    from .. import render
+def _fail(message: str, code: int, kind: str, facts: dict | None = None) -> None:
+    """Print the error (and, for --json, its document, with the error's fields, unless the command wrote
+    one) and exit."""
+    from . import render
 
     if _json_wanted() and not render.json_emitted:
-        render.emit_json({"error": {"kind": kind, "message": message, "exit_code": code}})
+        render.emit_json({"error": {**(facts or {}), "kind": kind, "message": message, "exit_code": code}})
     render.error(message)
     sys.exit(code)
 

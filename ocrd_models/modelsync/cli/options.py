@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..settings import MANIFEST_NAME
+from ..config import MANIFEST_NAME
 from . import output
 
 
@@ -35,9 +35,9 @@ def _quiet(value: bool) -> bool:
 
 
 ManifestOpt = Annotated[Optional[Path], typer.Option(
-    "--manifest", "-m", envvar="MODELSYNC_MANIFEST", metavar="FILE", show_default=False,
-    help="models.toml to use (models.lock is written beside it); default: the nearest models.toml in this "
-         "directory or a parent.")]
+    "--manifest", "-m", metavar="FILE", show_default=False,
+    help="models.toml to use (models.lock is written beside it); default: $MODELSYNC_MANIFEST, else the "
+         "nearest models.toml in this directory or a parent.")]
 MirrorOpt = Annotated[Optional[list[str]], typer.Option(
     "--mirror", metavar="PREFIX=REPLACEMENT",
     help="Fetch URLs starting with PREFIX from REPLACEMENT instead (repeatable; overrides [settings.mirrors] and "
@@ -84,18 +84,23 @@ LinkModeOpt = Annotated[Optional[LinkMode], typer.Option(
     help="How installs are made from the cache: hardlink where possible (auto, the default, falls back to copy "
          "with a notice), always hardlink, or always copy.")]
 NoConvertOpt = Annotated[bool, typer.Option(
-    "--disable-autoconversion", envvar="MODELSYNC_DISABLE_AUTOCONVERSION",
+    "--disable-autoconversion",
     help="Do not convert pyrnn models to kraken's HDF5 this run (models.toml: convert / convert_pyrnn), "
-         "and report the pickles themselves, as kraken's --disable-autoconversion.")]
+         "and report the pickles themselves, as kraken's --disable-autoconversion "
+         "(also $MODELSYNC_DISABLE_AUTOCONVERSION=1).")]
 OfflineOpt = Annotated[bool, typer.Option(
-    "--offline", envvar="MODELSYNC_OFFLINE",
-    help="No network at all: install from the cache and local files; fail listing every missing resource.")]
+    "--offline",
+    help="No network at all: install from the cache and local files; fail listing every missing resource "
+         "(also $MODELSYNC_OFFLINE=1).")]
 
 
 def find_manifest(given: Path | None) -> Path:
-    """``--manifest`` / ``$MODELSYNC_MANIFEST`` as given; else the nearest models.toml in the current
+    """``--manifest``, else ``$MODELSYNC_MANIFEST``, as given; else the nearest models.toml in the current
     directory or a parent, as uv and cargo find theirs (shown relative to here); else models.toml here
     (where `init` creates it and where an error says it is missing)."""
+    from ..config import Environment
+
+    given = given or Environment.from_os().manifest
     if given is not None:
         return given
     from ..project import find_manifest as nearest
@@ -105,24 +110,26 @@ def find_manifest(given: Path | None) -> Path:
 
 
 def project(manifest: Path | None, mirror: list[str] | None = None, parallel: int | None = None, progress=None,
-            **kw):
-    """The Project of this command line (the manifest found as :func:`find_manifest` says)."""
-    from ..project import Project
-    from ..settings import Environment, parse_mirror_pairs
+            *, cache_dir: Path | None = None, link_mode: Enum | None = None, offline: bool = False,
+            frozen: bool = False, no_convert: bool = False, registry: str | None = None,
+            registry_only: bool = False):
+    """The Project of this command line (the manifest found as :func:`find_manifest` says). A flag that
+    was not given is passed on as None, so the environment and [settings] decide."""
+    from ..project import open_project
+    from ..runconfig import Flags
 
-    if progress is not None:
-        kw["progress"] = progress
-    if isinstance(kw.get("link_mode"), Enum):
-        kw["link_mode"] = kw["link_mode"].value
-    return Project(find_manifest(manifest), Environment.from_os(), extra_mirrors=parse_mirror_pairs(mirror or []),
-                   parallel=parallel, **kw)
+    flags = Flags(mirrors=tuple(mirror or ()), parallel=parallel, cache_dir=cache_dir,
+                  link_mode=link_mode.value if link_mode is not None else None, offline=offline or None,
+                  frozen=frozen, convert=False if no_convert else None, registry=registry,
+                  registry_only=registry_only or None)
+    return open_project(find_manifest(manifest), flags=flags, progress=progress)
 
 
 def progress_display(json_out: bool):
     """Bars on an interactive terminal, plain lines in CI, pipes and --json runs, nothing with -q."""
-    from .. import render
+    from . import render
     from ..progress import NullProgress
-    from ..settings import Environment
+    from ..config import Environment
 
     if output.state.verbosity < 0:
         return NullProgress(), nullcontext()

@@ -21,7 +21,7 @@ class _RenderHandler(logging.Handler):
     """Log records as lines on stderr, escaped like everything printed (through render)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from .. import render
+        from . import render
 
         try:
             message = record.getMessage()
@@ -35,7 +35,7 @@ class _RenderHandler(logging.Handler):
 
 def setup() -> None:
     """Reset for one run and attach the handler (warnings and above unless -v/-q say otherwise)."""
-    from .. import render
+    from . import render
 
     state.verbosity, state.json = 0, False
     render.quiet, render.json_emitted = False, False
@@ -48,7 +48,7 @@ def setup() -> None:
 
 def set_verbosity(level: int) -> None:
     """-v (1): the library's info notes too; -q (-1): errors only."""
-    from .. import render
+    from . import render
 
     state.verbosity = level
     render.quiet = level < 0

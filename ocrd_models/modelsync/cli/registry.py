@@ -35,7 +35,7 @@ def push(
     \b
     Example: modelsync push registry.example.org/ocr/models:$(git rev-parse --short HEAD)
     """
-    from .. import render
+    from . import render
 
     prog, ctx = progress_display(json_out)
     with ctx:

@@ -40,7 +40,7 @@ def plan(
     if check:
         report_check(p, json_out, verbose, prj)
     elif json_out:
-        from .. import render
+        from . import render
 
         render.emit_json(plan_doc(p))
     else:
@@ -66,9 +66,9 @@ def status(
     \b
     Example: modelsync status
     """
-    from .. import render
+    from . import render
 
-    prj = project(manifest, mirror, None, convert=not no_convert, cache_dir=cache_dir)
+    prj = project(manifest, mirror, None, cache_dir=cache_dir, no_convert=no_convert)
     rows = prj.status()
     if json_out:
         render.emit_json({"resources": rows})
@@ -106,9 +106,9 @@ def resolve(
     \b
     Example: kraken -i line.png out.txt ocr -m "$(modelsync resolve ocrd-cis-ocropy-recognize fraktur-jze.pyrnn.gz)"
     """
-    from .. import render
+    from . import render
 
-    found = project(manifest, None, None, convert=not no_convert).resolve_model(processor, name)
+    found = project(manifest, None, None, no_convert=no_convert).resolve_model(processor, name)
     if json_out:
         render.emit_json(found)
         return
@@ -130,7 +130,7 @@ def verify(
     \b
     Example: modelsync verify
     """
-    from .. import render
+    from . import render
 
     prj = project(manifest, None, None)
     rows = prj.verify()

@@ -8,7 +8,7 @@ from pathlib import Path
 def plan_doc(plan) -> dict:
     """The plan as the JSON document of ``plan --json`` (and part of ``sync --json``); URLs without
     their user info and secret parameters, as in the lock (CI logs keep --json output)."""
-    from ..credentials import redact
+    from ..urls import redact
 
     return {
         "changes": len(plan.changes),
@@ -22,7 +22,7 @@ def plan_doc(plan) -> dict:
 
 def location_label(location: str, base: Path) -> str:
     """A location label (``data``, ``dir:/x``, ``path:/x``) with its path shortened."""
-    from .. import render
+    from . import render
 
     kind, sep, path = location.partition(":")
     return f"{kind}:{render.short_path(path, base)}" if sep and kind in ("dir", "path") else location
@@ -30,13 +30,13 @@ def location_label(location: str, base: Path) -> str:
 
 def manifest_header(prj) -> None:
     """Which models.toml this is: it may have been found in a parent directory."""
-    from .. import render
+    from . import render
 
     render.say(f"manifest: {render.short_path(str(prj.manifest_path.absolute()), Path.cwd())}")
 
 
 def render_plan(prj, plan, verbose: bool = False) -> None:
-    from .. import render
+    from . import render
 
     base = prj.project_dir
     shown = [a for a in plan.actions if verbose or a.changes or a.adopt or a.warnings]
@@ -56,7 +56,7 @@ def render_plan(prj, plan, verbose: bool = False) -> None:
 
 def report_check(plan, json_out: bool, verbose: bool = False, prj=None) -> None:
     """Show the plan, then exit 7 if it changes anything (``--check``)."""
-    from .. import render
+    from . import render
     from ..errors import ChangesPending
 
     if json_out:

@@ -1,0 +1,696 @@
+"""Streaming download with in-stream SHA-256 into a temp file, for http(s), file:// and local paths.
+
+Robust against the network as it is, and against servers that are broken or hostile:
+
+- Transient faults (connection errors, stalls, transfers below the low-speed floor, 408/425/429/5xx,
+  short bodies) are retried with exponential backoff and jitter, bounded in count and in time
+  (see :func:`fetch` for the exact time rule); ``Retry-After`` is honoured.
+- After a broken connection the download resumes with ``Range``, guarded by ``If-Range`` with a
+  strong validator: the first response's strong ``ETag``, or, when it had no ETag at all, its
+  ``Last-Modified`` if its ``Date`` is at least a second later (RFC 9110 13.1.5: never a weak
+  ETag, never a date beside an ETag). Without such a validator there is no resume: the download
+  starts over. Every 206 is checked before a byte of it is kept: ``Content-Range`` must read
+  ``bytes START-END/TOTAL`` with START where we asked, END = TOTAL - 1, TOTAL the first
+  response's length and ``Content-Length`` (if sent) END - START + 1; the validator we sent must
+  come back unchanged (and no ETag may appear when we sent a date). Any other 206 is never
+  spliced onto the bytes we have: the download starts over from byte 0 (counted as a retry).
+- Redirects are followed by us: an https -> http downgrade is refused, credentials never reach
+  another host, a malformed ``Location`` fails at once, and so does one other URL parsers would
+  read differently (a backslash, control characters, user info: :func:`transport.parse`). Bodies
+  of redirects and of error responses are never read.
+- Malformed header values (``Content-Length``, ``Content-Range``, ``Location``, ``Retry-After``)
+  never crash: they fail (exit 3), restart or are ignored as documented above; reason phrases
+  and header values from the server stay out of messages or are shortened with ``!r``.
+
+On any failure the temp file is removed; a checksum mismatch installs nothing; an OS error
+writing the temp file names the filesystem (:func:`errors.filesystem_error`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+from .. import failpoints
+from ..atomic import temp_name
+from .credentials import Credentials, user_allows_http
+from ..urls import redact, strip_userinfo
+from ..digest import stream_hasher
+from ..progress import Meter
+from ..errors import ChecksumMismatch, InstallError, NetworkError, UnsupportedProxy, UserInputError, filesystem_error
+
+log = logging.getLogger(__name__)  # retries and waits; shown with -v (a long wait always)
+LONG_WAIT = 5.0  # seconds: a retry waiting longer than this is told without -v too
+DNS_ATTEMPTS = 2  # a name that does not resolve is asked twice, not retries + 1 times
+
+CHUNK = 1 << 20
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+REDIRECT_STATUS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 10
+LOW_SPEED = 1024  # bytes/s: a body slower than this over a read_timeout-long window is a stall
+
+
+_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit() accepts '²'), below 2**63
+_CONTENT_RANGE = re.compile(r"(?i:bytes) ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
+_STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')  # RFC 9110 entity-tag without W/
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")  # never valid in a Location (a space is percent-encoded)
+_URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7f))  # printable ASCII stays as it is
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """How hard to try. README: "Network settings" (settings, env, flags)."""
+
+    retries: int = 4  # extra attempts after the first
+    backoff: float = 0.5  # seconds before the first retry; doubled each time, with jitter
+    max_retry_time: float = 300.0  # no attempt starts after this many seconds (see fetch())
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0  # per read, and the low-speed window (see fetch())
+    allow_http: frozenset[str] = frozenset()  # hosts an https URL may redirect to over plain http
+    credentials: Credentials = field(default_factory=Credentials)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A downloaded artifact sitting at ``path`` (a temp name)."""
+
+    path: Path
+    sha256: str
+    size: int
+    fetched_url: str  # after mirrors and redirects, credentials removed
+
+
+def apply_mirrors(url: str, mirrors: dict[str, str]) -> str:
+    """Replace the longest matching URL prefix by its mirror."""
+    best = max((p for p in mirrors if url.startswith(p)), key=len, default=None)
+    return url if best is None else mirrors[best] + url[len(best):]
+
+
+def unmirror(final: str, declared: str, mirrors: dict[str, str]) -> str:
+    """Map a URL fetched through a mirror back to the origin's form.
+
+    The lock must not depend on one machine's mirror setting; a redirect target inside
+    a mirror that cannot be mapped back is recorded as the declared URL.
+    """
+    for prefix, replacement in sorted(mirrors.items(), key=lambda kv: -len(kv[1])):
+        if final.startswith(replacement):
+            return prefix + final[len(replacement):]
+    return declared if apply_mirrors(declared, mirrors) != declared else final
+
+
+def local_source(url: str, base_dir: Path) -> Path | None:
+    """The local path for a ``file://`` URL or a plain path (relative to ``base_dir``); None for http(s)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a broken IPv6 literal
+        if url.partition(":")[0].lower() in ("http", "https"):
+            return None  # fetch() refuses it with a message
+        raise UserInputError(f"the URL {_short(strip_userinfo(url))} is malformed (a broken [IPv6] host); fix it "
+                             "in models.toml") from None
+    if parts.scheme in ("http", "https"):
+        return None
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    path = Path(url).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+class _Transient(Exception):
+    """A fault worth another attempt."""
+
+    def __init__(self, reason: str, after: float | None = None, restart: bool = False,
+                 attempts: int | None = None):
+        super().__init__(reason)
+        self.after = after  # Retry-After seconds
+        self.restart = restart  # the partial bytes are worthless
+        self.attempts = attempts  # at most this many attempts for a fault of this kind (None: retries + 1)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """Outside text for a message: quoted with ``!r`` (control characters escaped) and shortened."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def _status_text(status: int, reason: str | None = None) -> str:
+    """``HTTP 404 Not Found``: the standard phrase; the server's own (outside text) only if it differs,
+    quoted with ``!r`` and shortened."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    said = (reason or "").strip()
+    text = f"HTTP {status} {phrase}".rstrip()
+    return text + f" (the server says {_short(said)})" if said and said != phrase else text
+
+
+def _retry_after(resp) -> float | None:
+    """Seconds the server asks us to wait (``Retry-After``), or None: absent or garbage is ignored."""
+    value = (resp.headers.get("Retry-After") or "").strip()
+    if _COUNT.fullmatch(value) and len(value) <= 10:
+        return float(value)
+    if not value or len(value) > 64:
+        return None
+    from datetime import timezone
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _http_date(value: str | None) -> float | None:
+    """The timestamp of an HTTP-date header value, or None if absent or malformed."""
+    if not value or len(value) > 64 or not value.isascii() or not value.isprintable():
+        return None
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _checked_url(url: str, from_server: bool = False):
+    """``url`` as the request to it is made (a :class:`transport.Target`); raises ValueError (with a reason)
+    if it is not an http(s) URL every parser reads the same way (see :func:`transport.parse`)."""
+    from . import transport  # urllib3 is slow to import: only commands that download pay for it
+
+    return transport.parse(url, from_server=from_server)
+
+
+def _redirect_target(url: str, location: str | None) -> str:
+    """The absolute URL a ``Location`` points to; raises ValueError if it is missing or malformed."""
+    if not location:
+        raise ValueError("the redirect has no Location")
+    if _CONTROL.search(location):
+        raise ValueError("its Location contains a control character or a backslash")
+    # http.client decodes header bytes as latin-1: recover them and percent-encode non-ASCII bytes
+    # (a UTF-8 path sent raw, as some servers do) and spaces, as browsers do.
+    location = quote(location.encode("latin-1"), safe=_URL_SAFE)  # UnicodeEncodeError is a ValueError
+    target = urljoin(url, location)
+    _checked_url(target, from_server=True)
+    return target
+
+
+class _SpeedFloor:
+    """The low-speed rule for one response body (see :func:`fetch`): ``check`` after each read."""
+
+    def __init__(self, window: float, deadline: float) -> None:
+        now = time.monotonic()
+        self.window, self.deadline = window, deadline
+        self.got = 0
+        # (time, bytes received by then), at most one mark per window/8: memory stays bounded.
+        self.marks: deque[tuple[float, int]] = deque([(now, 0)])
+
+    def check(self, n: int) -> None:
+        """Count ``n`` more bytes; raise _Transient when the transfer is below the floor."""
+        now = time.monotonic()
+        self.got += n
+        marks = self.marks
+        if now - marks[-1][0] >= self.window / 8:
+            marks.append((now, self.got))
+        while len(marks) > 1 and marks[1][0] <= now - self.window:
+            marks.popleft()  # keep the newest mark at least one window old
+        since, base = marks[0]
+        span = now - since
+        late = now >= self.deadline
+        if span < (min(self.window, 1.0) if late else self.window) or self.got - base >= LOW_SPEED * span:
+            return
+        rate = (self.got - base) / span
+        reason = f"the transfer averaged {rate:.0f} B/s over {span:.1f} s, below the floor of 1 KiB/s"
+        raise _Transient(reason + (", past max_retry_time" if late else ""))
+
+
+class _Download:
+    """One HTTP download into ``dest``: state kept across attempts for resuming."""
+
+    def __init__(self, url: str, dest: Path, net: NetConfig, meter: Meter | None, expected: str | None):
+        self.url, self.dest, self.net = url, dest, net
+        self.meter, self.expected = meter, expected
+        self.hash = None  # chosen by size once the first response tells it (digest.stream_hasher)
+        self.size = 0
+        self.total: int | None = None  # the whole file's length, from the response our bytes came from
+        self.etag: str | None = None  # validators of the bytes we have
+        self.last_modified: str | None = None
+        self.date_validator = False  # Last-Modified is a strong validator (Date >= it + 1 s)
+        self.sent: tuple[str, str] | None = None  # ("ETag" | "Last-Modified", value) sent as If-Range
+        self.final_url = url
+        self.digest: str | None = None
+        self.deadline = float("inf")
+
+    # -- state ---------------------------------------------------------------------------------
+    def _restart(self) -> None:
+        """Forget the bytes we have: the next response is taken from byte 0."""
+        if self.meter and self.size:
+            self.meter.advance(-self.size)
+        if self.hash is not None:
+            self.hash.reset()
+        self.size = 0
+        self.total = None
+        self.etag = self.last_modified = None
+        self.date_validator = False
+        try:
+            with open(self.dest, "wb"):
+                pass
+        except OSError as err:
+            raise filesystem_error(err, self.dest.parent, "write") from None
+
+    def _if_range(self) -> tuple[str, str] | None:
+        """The validator that may guard a resume (RFC 9110 13.1.5), or None: then no resume."""
+        if self.etag is not None:
+            return ("ETag", self.etag) if _STRONG_ETAG.fullmatch(self.etag) else None
+        if self.last_modified is not None and self.date_validator:
+            return "Last-Modified", self.last_modified
+        return None
+
+    def _remember(self, resp) -> None:
+        """Keep the validators of a response whose body becomes the start of our bytes."""
+        headers = resp.headers
+        self.etag = headers.get("ETag")
+        self.last_modified = headers.get("Last-Modified")
+        modified, date = _http_date(self.last_modified), _http_date(headers.get("Date"))
+        self.date_validator = modified is not None and date is not None and date - modified >= 1
+
+    # -- one request -----------------------------------------------------------------------------
+    def _request(self):
+        """GET with our own redirect handling; returns the final response (body unread)."""
+        from . import transport  # urllib3 is slow to import: only commands that download pay for it
+
+        url, seen = self.url, []
+        for hop in range(MAX_REDIRECTS + 1):
+            if hop and time.monotonic() >= self.deadline:
+                raise _Transient("the retry time ran out while following redirects")
+            here = _checked_url(url)  # checked before: the request goes where this says
+            # Credentials of this URL's origin only: a redirect to another origin never carries them.
+            headers = dict(self.net.credentials.for_url(here))
+            self.sent = self._if_range() if self.size else None
+            if self.size and self.sent is None:
+                self._restart()  # nothing could guard a resume (no strong validator): from scratch
+            if self.sent is not None:
+                headers["Range"] = f"bytes={self.size}-"
+                headers["If-Range"] = self.sent[1]
+            resp = transport.get(here, headers, self.net.connect_timeout, self.net.read_timeout)
+            if resp.status not in REDIRECT_STATUS:
+                self.final_url = url
+                return resp
+            location = resp.headers.get("Location")
+            _discard(resp)  # a redirect's body is never read
+            try:
+                new = _checked_url(_redirect_target(url, location), from_server=True)
+            except ValueError as err:
+                raise NetworkError(f"download of {redact(self.url)} failed: the server answered "
+                                   f"{_status_text(resp.status)} with a redirect that cannot be followed ({err}: "
+                                   f"{_short(location or '')}).") from None
+            if new.url in seen or new.url == here.url:
+                raise NetworkError(f"download of {redact(self.url)} failed: redirect loop at "
+                                   f"{_short(redact(new.url), 200)}")
+            if here.scheme == "https" and new.scheme == "http" and \
+                    not user_allows_http(new.host, new.port, self.net.allow_http):
+                shown = f"[{new.host}]" if ":" in new.host else new.host
+                raise NetworkError(
+                    f"download of {redact(self.url)} refused: it redirects from https to plain http "
+                    f"({_short(redact(new.url), 200)}). If you trust that host, allow it: [settings] allow_http = "
+                    f"[\"{shown}\"] in models.toml.")
+            seen.append(here.url)
+            url = new.url
+        raise NetworkError(f"download of {redact(self.url)} failed: more than {MAX_REDIRECTS} redirects")
+
+    def attempt(self) -> None:
+        """One attempt; raises _Transient for faults worth retrying."""
+        import urllib3
+
+        from . import transport
+
+        try:
+            resp = self._request()
+        except urllib3.exceptions.LocationValueError as err:  # also a bad proxy URL: retrying cannot help
+            raise NetworkError(f"download of {redact(self.url)} failed: {_reason(err)}") from None
+        except UnsupportedProxy as err:
+            raise NetworkError(f"download of {redact(self.url)} failed: {err}") from None
+        except urllib3.exceptions.SSLError as err:
+            if "CERTIFICATE_VERIFY_FAILED" in str(err):
+                raise NetworkError(
+                    f"download of {redact(self.url)} failed: the server's TLS certificate is not trusted "
+                    f"({_reason(err)}). For a private CA, point REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its "
+                    "bundle.") from None
+            raise _Transient(_reason(err)) from None
+        except urllib3.exceptions.NameResolutionError as err:
+            # Retried once (a resolver hiccup), not five times: a wrong host name stays wrong.
+            raise _Transient(_reason(err), attempts=DNS_ATTEMPTS) from None
+        except urllib3.exceptions.HTTPError as err:
+            raise _Transient(_reason(err)) from None
+        try:
+            self._receive(resp)
+        except urllib3.exceptions.HTTPError as err:
+            # urllib3 errors surface from read1(): a connection reset or stall mid-stream.
+            _discard(resp)
+            raise _Transient(_reason(err)) from None
+        except BaseException:
+            _discard(resp)  # an error page's body is never read
+            raise
+        resp.release_conn()  # read to the end: the connection is kept for the next download
+
+    def _receive(self, resp) -> None:
+        """Check the status and headers, then stream the body into ``dest``."""
+        status = resp.status
+        if status in RETRY_STATUS:
+            raise _Transient(_status_text(status, resp.reason), _retry_after(resp))
+        if status == 416:  # our range is past the end: the file changed
+            raise _Transient("server rejected the resume range", restart=True)
+        if status >= 400:
+            hint = ("check the URL in models.toml or the registry entry; a mirror setting may point to a "
+                    "wrong prefix" if status in (404, 410) else
+                    "the server refused access: credentials may be needed (README: \"Credentials\")"
+                    if status in (401, 403) else "the server refused the request")
+            withheld = self.net.credentials.withheld(self.final_url) if status in (401, 403) else None
+            if withheld:
+                hint = f"the server refused access, and {withheld}"
+            raise NetworkError(f"download of {redact(self.url)} failed: {_status_text(status, resp.reason)}; {hint}",
+                               url=redact(self.url), status=status)
+        if status not in (200, 206):
+            raise NetworkError(f"download of {redact(self.url)} failed: the server answered "
+                               f"{_status_text(status, resp.reason)}, which carries no file; check the URL (or the "
+                               "server).", url=redact(self.url), status=status)
+        length = self._content_length(resp)
+        if status == 206:
+            self._check_partial(resp, length)
+        elif self.size:
+            self._restart()  # the server ignored Range (or If-Range saw new content): from scratch
+        if self.size == 0:
+            self._remember(resp)
+            if status == 200:
+                self.total = length
+            if self.meter:
+                self.meter.total(self.total)
+        if self.hash is None:
+            self.hash = stream_hasher(self.total)
+        self._stream(resp)
+        if self.total is not None and self.size != self.total:
+            if self.size < self.total:
+                raise _Transient(f"connection closed after {self.size} of {self.total} bytes")
+            raise _Transient(f"the server sent more than the {self.total} bytes it announced", restart=True)
+        if self.total is None and self.expected:
+            self.digest = self.hash.hexdigest()
+            if self.digest != self.expected:
+                # Without Content-Length a cut connection looks like the end: try again from scratch.
+                self.hash = None
+                raise _Transient("body ended early (no Content-Length) or changed", restart=True)
+
+    def _content_length(self, resp) -> int | None:
+        """The body's length, None if not given (or chunked); a malformed value fails the download."""
+        if resp.headers.get("Transfer-Encoding") is not None:
+            return None  # RFC 9112 6.3: Transfer-Encoding overrides Content-Length (urllib3 does the same)
+        value = resp.headers.get("Content-Length")
+        if value is None:
+            return None
+        values = {v.strip() for v in value.split(",")}  # a repeated header arrives joined by ", "
+        if len(values) != 1 or not _COUNT.fullmatch(next(iter(values))):
+            raise NetworkError(f"download of {redact(self.url)} failed: the server sent a malformed Content-Length "
+                               f"header ({_short(value, 24)}); the server (or a proxy) is broken.")
+        return int(values.pop())
+
+    def _check_partial(self, resp, length: int | None) -> None:
+        """A 206 continues our bytes only if it is exactly the rest of the same file; else start over."""
+        header = resp.headers.get("Content-Range") or ""
+        m = _CONTENT_RANGE.fullmatch(header)
+        if m is None:
+            problem = "a malformed Content-Range"
+        else:
+            start, end, total = (int(g) for g in m.groups())
+            problem = self._range_problem(start, end, total, length)
+            if problem is None:
+                problem = self._validator_problem(resp)
+        if problem is not None:
+            raise _Transient(f"the server's partial response has {problem}; starting over", restart=True)
+        if self.total is None:
+            self.total = total  # a 206 from byte 0 (as good as a 200), or the first length we learn
+
+    def _range_problem(self, start: int, end: int, total: int, length: int | None) -> str | None:
+        if start != self.size:
+            return f"a range starting at byte {start}, not {self.size}"
+        if not start <= end < total:
+            return "an impossible range"
+        if end != total - 1:
+            return "a range that stops before the end"
+        if self.size and self.total is not None and total != self.total:
+            return f"a total of {total} bytes where the first response had {self.total}"
+        if length is not None and length != end - start + 1:
+            return "a Content-Length that disagrees with its Content-Range"
+        return None
+
+    def _validator_problem(self, resp) -> str | None:
+        if self.sent is None:
+            return None  # we asked for no range (a 206 from byte 0); nothing to compare
+        etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+        kind, value = self.sent
+        if kind == "ETag" and etag != value:
+            return "another ETag than the one sent in If-Range" if etag else "no ETag (one was sent in If-Range)"
+        if kind == "Last-Modified" and (modified != value or etag is not None):
+            return "another validator than the Last-Modified sent in If-Range"
+        return None
+
+    def _stream(self, resp) -> None:
+        """Append the body to ``dest`` as it arrives, hashing it; the low-speed rule applies."""
+        floor = _SpeedFloor(self.net.read_timeout, self.deadline)
+        try:
+            fout = open(self.dest, "ab", buffering=0)
+        except OSError as err:
+            raise filesystem_error(err, self.dest.parent, "write") from None
+        # read1 hands over bytes as they arrive: after a reset we keep (and resume after) all we got.
+        read = resp.read1
+        with fout:
+            while True:
+                chunk = read(CHUNK)
+                if not chunk:
+                    break
+                self.hash.update(chunk)
+                try:
+                    fout.write(chunk)
+                except OSError as err:
+                    raise filesystem_error(err, self.dest.parent, "write") from None
+                self.size += len(chunk)
+                if self.meter:
+                    self.meter.advance(len(chunk))
+                failpoints.hit("download")
+                floor.check(len(chunk))
+
+    def _close_hash(self) -> None:
+        if self.hash is not None:
+            self.hash.close()
+
+    # -- attempts ----------------------------------------------------------------------------------
+    def run(self) -> tuple[str, int, str]:
+        """Attempts until one succeeds or the retry count or time runs out (see :func:`fetch`)."""
+        attempts = Attempts(self.net, redact(self.url))
+        self.deadline = attempts.deadline
+        last: _Transient | None = None
+        while attempts.next(last):
+            if last is not None and last.restart:
+                self._restart()
+            try:
+                self.digest = None
+                self.attempt()
+                return self.digest or self.hash.hexdigest(), self.size, self.final_url
+            except _Transient as err:
+                last = err
+            except BaseException:
+                self._close_hash()
+                raise
+        self._close_hash()
+        raise NetworkError(f"download of {redact(self.url)} failed after {attempts.made} attempt(s): {last}"
+                           f"{attempts.why}. Check the network (or the mirror setting) and run the command again; "
+                           "retries and timeouts are set in [settings.network].", url=redact(self.url))
+
+
+class Attempts:
+    """The attempts of one network operation (a download, a registry call): at most ``retries + 1``, with
+    exponential backoff and jitter between them (or the server's ``Retry-After`` when longer), none
+    starting after ``max_retry_time`` from the first, and at most ``_Transient.attempts`` for a fault of
+    a kind that says so (a name that does not resolve)."""
+
+    def __init__(self, net: NetConfig, what: str) -> None:
+        self.net, self.what = net, what
+        self.deadline = time.monotonic() + net.max_retry_time
+        self.made = 0
+        self.why = ""  # why no further attempt was made, for the final message
+
+    def next(self, last: "_Transient | None") -> bool:
+        """Wait the backoff and return True when another attempt may start (always the first); else False."""
+        if self.made == 0:
+            self.made = 1
+            return True
+        if self.made > self.net.retries:
+            return False
+        delay = self.net.backoff * (2 ** (self.made - 1)) * (0.75 + random.random() * 0.5)
+        if last is not None and last.after is not None and last.after > delay:
+            delay = last.after
+            self.why = f" (the server asked to retry after {last.after:.0f} s)"
+        if time.monotonic() + delay > self.deadline:
+            self.why += f"; no retry fits into max_retry_time = {self.net.max_retry_time:g} s"
+            return False
+        if last is not None and last.attempts is not None and self.made >= last.attempts:
+            return False
+        self.why = ""
+        log.log(logging.WARNING if delay >= LONG_WAIT else logging.INFO,
+                "%s: %s; retrying in %.1f s (attempt %d of at most %d)", self.what, last, delay,
+                self.made + 1, self.net.retries + 1)
+        time.sleep(delay)
+        self.made += 1
+        return True
+
+
+def _discard(resp) -> None:
+    """Let go of a response whose body we do not want or could not finish (a redirect, an error page,
+    a broken stream): its connection is closed, not reused, and nothing more of it is read."""
+    resp.close()
+
+
+def _reason(err: Exception) -> str:
+    text = str(err)
+    for marker in ("Failed to establish a new connection: ", "Read timed out", "Connection refused",
+                   "Connection broken", "Connection reset"):
+        if marker in text:
+            i = text.index(marker)
+            text = text[i:].split("'))")[0].rstrip("')")[:200]
+            break
+    else:
+        text = strip_userinfo(text[:300])
+    # urllib3's messages may quote what the server sent: no control character reaches a message.
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _check(expected: str | None, actual: str, what: str, path: Path, url: str) -> None:
+    if expected is not None and expected != actual:
+        path.unlink(missing_ok=True)
+        # Facts only: the caller knows where the expected digest came from, and adds the advice.
+        raise ChecksumMismatch(what, expected, actual, url=redact(url))
+
+
+def _copy_local(src: Path, dest: Path, meter: Meter | None) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    try:
+        fin = open(src, "rb", buffering=0)
+    except OSError as err:
+        raise InstallError(f"cannot read {src}: {err.strerror or err}") from None
+    with fin:
+        try:
+            fout = open(dest, "wb", buffering=0)
+        except OSError as err:
+            raise filesystem_error(err, dest.parent, "write") from None
+        with fout:
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            while True:
+                try:
+                    n = fin.readinto(buf)
+                except OSError as err:
+                    raise InstallError(f"cannot read {src}: {err.strerror or err}") from None
+                if not n:
+                    break
+                h.update(view[:n])
+                try:
+                    fout.write(view[:n])
+                except OSError as err:
+                    raise filesystem_error(err, dest.parent, "write") from None
+                size += n
+                if meter:
+                    meter.advance(n)
+    return h.hexdigest(), size
+
+
+def _check_plausible(path: Path, declared_size: int | None, what: str) -> None:
+    """A body without Content-Length and without a pin: a connection cut short looks like its end, and
+    nothing else vouches for the bytes. They must at least hold together (plausible.py)."""
+    from ..plan.plausible import implausible
+
+    why = implausible(path, declared_size=declared_size)
+    if why:
+        raise NetworkError(f"download of {what} ended without a Content-Length, and what arrived cannot be the "
+                           f"model ({why}): most likely the connection was cut short. Nothing was installed; run "
+                           "the command again, or pin its sha256 in models.toml.")
+
+
+def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, base_dir: Path = Path("."),
+          expected_sha256: str | None = None, meter: Meter | None = None, what: str = "",
+          net: NetConfig | None = None, declared_size: int | None = None) -> Fetched:
+    """Download ``url`` into a temp file in ``directory`` while hashing; verify; return it.
+
+    Without ``expected_sha256``, a body that came without ``Content-Length`` must be plausible as a
+    model (``declared_size``: the resource entry's size, a hint) or the download fails (exit 3).
+
+    Raises NetworkError, ChecksumMismatch, InstallError (an OS error writing ``directory``, via
+    :func:`errors.filesystem_error`) or UserInputError (a missing local file, a malformed URL).
+
+    Time bounds of an http(s) download (``W`` = ``read_timeout``, ``D`` = the moment
+    ``max_retry_time`` seconds after the download began):
+
+    1. No single read waits more than ``W``. Each request must have its response head (status
+       line and headers) complete within ``connect_timeout + W`` seconds of being started
+       (connecting, a proxy's CONNECT and the TLS handshake included; name resolution excepted),
+       and every read of the body must return within ``connect_timeout + W`` of the previous one
+       whatever arrives meanwhile (chunked framing: chunk-size lines, extensions, trailers), else
+       it is cut as a stall (:mod:`transport`).
+    2. Low-speed cut, like curl's ``--speed-limit 1024 --speed-time W``: after each read of a
+       body, the average rate since a mark at least ``W`` seconds old (at most ``9/8 W`` plus one
+       read) is compared with 1 KiB/s; below it, the attempt is cut as a stall, a transient fault
+       that is retried (resuming after the bytes received). A body that keeps arriving at 1 KiB/s
+       or more is never cut, however large; a trickle is cut after about ``W`` seconds.
+    3. No attempt starts after ``D``: a retry whose backoff (or ``Retry-After``) would end after
+       ``D`` is not made, and no redirect is followed after ``D``. An attempt still running at
+       ``D`` goes on only while it stays at or above 1 KiB/s, from then on measured over the last
+       ``W`` seconds or, for a body younger than that, since it began (once that is ``min(W, 1 s)``
+       ago). A cut after ``D`` is final.
+
+    So a download that keeps failing ends within about ``max_retry_time + connect_timeout + 2 W``
+    seconds (plus name resolution), and after at most ``retries + 1`` attempts.
+    """
+    net = net or NetConfig()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise filesystem_error(err, directory, "create") from None
+    src = local_source(url, base_dir)
+    if src is None:
+        try:
+            _checked_url(apply_mirrors(url, mirrors or {}))
+        except ValueError as err:
+            raise UserInputError(f"{what or 'a download'}: the URL is malformed ({err}); fix it in models.toml "
+                                 "(or the mirror setting).") from None
+    dest = temp_name(directory, what or Path(urlsplit(url).path).name)
+    try:
+        if src is not None:
+            if not src.is_file():
+                raise UserInputError(f"local model file {src} does not exist (url {url!r} in models.toml)")
+            if meter:
+                meter.total(src.stat().st_size)
+            sha, size = _copy_local(src, dest, meter)
+            final = url
+        else:
+            try:
+                dest.touch()
+            except OSError as err:
+                raise filesystem_error(err, directory, "write") from None
+            download = _Download(apply_mirrors(url, mirrors or {}), dest, net, meter, expected_sha256)
+            sha, size, final = download.run()
+            final = redact(unmirror(final, url, mirrors or {}))
+            if expected_sha256 is None and download.total is None:
+                _check_plausible(dest, declared_size, what or redact(url))
+        failpoints.hit("hashed")
+        _check(expected_sha256, sha, what or redact(url), dest, url)
+        return Fetched(dest, sha, size, final)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
