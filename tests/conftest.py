@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
 import sys
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +72,69 @@ def make_zip(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+def toml_value(value: Any) -> str:
+    """A TOML value: strings as basic strings (JSON's escapes are TOML's; DEL, which JSON leaves as it is,
+    TOML wants escaped), booleans, numbers, and arrays of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML value for {value!r}")
+
+
+def toml_key(key: str) -> str:
+    """A TOML key: bare where it may be, quoted otherwise."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model in models.toml, as its inline table; fields left None are not written."""
+
+    name: str
+    url: str | None = None
+    type: str | None = None
+    sha256: str | None = None
+    path_in_archive: str | None = None
+    location: str | None = None
+    convert: bool | None = None
+    description: str | None = None
+
+
+ModelDecl = Model | Mapping[str, Any] | str  # a dict is written key by key, a str is the shorthand "name"
+
+
+def model_toml(model: ModelDecl) -> str:
+    """A model as models.toml writes it: ``{ name = "m", url = "..." }``, or ``"name"`` for a str."""
+    if isinstance(model, str):
+        return toml_value(model)
+    fields = {k: v for k, v in asdict(model).items() if v is not None} if isinstance(model, Model) else model
+    return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in fields.items()) + " }"
+
+
+def manifest_toml(processors: Mapping[str, Sequence[ModelDecl]], settings: str = "", network: str = "") -> str:
+    """models.toml text: ``[settings]`` with the raw TOML ``settings`` (which may go on with sub-tables,
+    ``[settings.locations]`` ...), ``[settings.network]`` with the raw TOML ``network``, then
+    ``[processors]``, one line per processor and one more per model when it has more than one."""
+    text = ""
+    if settings:
+        text += "[settings]\n" + settings.rstrip("\n") + "\n"
+    if network:
+        text += "[settings.network]\n" + network.rstrip("\n") + "\n"
+    text += "[processors]\n"
+    for processor, models in processors.items():
+        items = [model_toml(m) for m in models]
+        if len(items) > 1:
+            text += f"{toml_key(processor)} = [\n" + "".join(f"  {item},\n" for item in items) + "]\n"
+        else:
+            text += f"{toml_key(processor)} = [{''.join(items)}]\n"
+    return text
+
+
 @pytest.fixture
 def server():
     """A started FileServer on 127.0.0.1."""
@@ -115,6 +182,16 @@ class Sandbox:
         """Write models.toml."""
         self.manifest.write_text(text)
         return self.manifest
+
+    def declare(self, *models: ModelDecl, processor: str = "ocrd-x", settings: str = "", network: str = "",
+                processors: Mapping[str, Sequence[ModelDecl]] | None = None) -> Path:
+        """Declare a project: write models.toml with ``models`` for ``processor`` (and, after them,
+        ``processors``: more models by processor), ``settings`` (raw TOML below ``[settings]``) and
+        ``network`` (raw TOML below ``[settings.network]``). No models at all: an empty ``[processors]``."""
+        declared: dict[str, Sequence[ModelDecl]] = {processor: models} if models else {}
+        for name, more in (processors or {}).items():
+            declared[name] = [*declared.get(name, ()), *more]
+        return self.write_manifest(manifest_toml(declared, settings, network))
 
     def data_dir(self, processor: str) -> Path:
         """OCR-D's data location for a processor."""

@@ -148,7 +148,7 @@ class Report:
 def check(sc: Scenario, versions: set[int], report: Report, label: str) -> None:
     """Invariants 1 and 2 after a kill."""
     from ocrd_models.modelsync.errors import LockfileError
-    from ocrd_models.modelsync.lockfile import load_lock
+    from ocrd_models.modelsync.spec.lockfile import load_lock
 
     for path, ok in sc.acceptable(versions).items():
         if os.path.lexists(path):

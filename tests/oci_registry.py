@@ -139,7 +139,7 @@ class TokenServer:
         self.httpd.server_close()
 
 
-class Registry:
+class ResourceIndex:
     """A running docker-registry; ``host`` is ``127.0.0.1:PORT``."""
 
     def __init__(self, work: Path, mode: str = "anonymous", users: dict[str, str] | None = None,

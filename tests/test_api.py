@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ocrd_models.modelsync as modelsync
-from conftest import sha256
+from conftest import Model, sha256
 
 
 def test_every_public_name_resolves():
@@ -13,9 +13,7 @@ def test_every_public_name_resolves():
 
 def test_plan_sync_status_verify_resolve_through_the_api(sandbox, server):
     good, bad = b"a model" * 1000, b"other"
-    sandbox.write_manifest(
-        f'[processors]\nocrd-x = [{{name = "good.bin", url = "{server.add("/good.bin", good)}"}}, '
-        f'{{name = "bad.bin", url = "{server.url("/missing.bin")}"}}]\n')
+    sandbox.declare(Model("good.bin", server.add("/good.bin", good)), Model("bad.bin", server.url("/missing.bin")))
     sub = sandbox.project / "sub"
     sub.mkdir()
     sandbox.monkeypatch.chdir(sub)  # open_project finds models.toml in a parent, as the CLI does

@@ -20,6 +20,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import Model
 
 PROC = "ocrd-calamari-recognize"
 SECRET = b"root-only secret\n"
@@ -145,13 +146,6 @@ def cache_tmp_leftovers(cache_root: Path) -> list[str]:
     return sorted(os.listdir(tmp)) if tmp.is_dir() else []
 
 
-def manifest(url: str, settings: str = "", path_in_archive: str | None = None) -> str:
-    """models.toml with one archive resource named ``m``."""
-    pia = f', path_in_archive = "{path_in_archive}"' if path_in_archive else ""
-    head = f"[settings]\n{settings}\n" if settings else ""
-    return f'{head}[processors]\n{PROC} = [{{ name = "m", url = "{url}", type = "archive"{pia} }}]\n'
-
-
 def secret_untouched(sandbox) -> None:
     """The root-only secret outside: same bytes, same mode, one link; its bytes nowhere in our dirs."""
     secret = sandbox.root / "outside" / "secret"
@@ -169,7 +163,7 @@ def run_attack(sandbox, server, data: bytes, *, settings: str = "", path_in_arch
                subprocess_timeout: float | None = None):
     """Serve ``data`` as an archive, sync, and check nothing escaped; return the result."""
     url = server.add("/model.tar.gz", data)
-    sandbox.write_manifest(manifest(url, settings, path_in_archive))
+    sandbox.declare(Model("m", url, type="archive", path_in_archive=path_in_archive), processor=PROC, settings=settings)
     before = snapshot(sandbox.root)
     if subprocess_timeout is None:
         r = sandbox.run("sync")
@@ -532,7 +526,7 @@ def test_full_disk_while_unpacking_is_exit_8_and_the_next_sync_converges(env, se
     try:
         env.monkeypatch.setenv("MODELSYNC_CACHE_DIR", str(mnt))
         v1 = tgz(D("m"), F("m/model.bin", b"version 1\n"))
-        env.write_manifest(manifest(server.add("/v1.tar.gz", v1)))
+        env.declare(Model("m", server.add("/v1.tar.gz", v1), type="archive"), processor=PROC)
         assert env.run("sync").code == 0
         target = env.data_dir(PROC) / "m"
         assert (target / "m" / "model.bin").read_bytes() == b"version 1\n"
@@ -540,7 +534,7 @@ def test_full_disk_while_unpacking_is_exit_8_and_the_next_sync_converges(env, se
         (mnt / "ballast").write_bytes(b"b" * 1_200_000)  # someone else fills the disk
         big = b"\0" * 1_000_000 + b"version 2\n"
         v2 = tgz(D("m"), F("m/model.bin", big))
-        env.write_manifest(manifest(server.add("/v2.tar.gz", v2)))
+        env.declare(Model("m", server.add("/v2.tar.gz", v2), type="archive"), processor=PROC)
         before = snapshot(env.root)
         r = env.run("sync")
         assert r.code == 8, r.err
@@ -652,7 +646,8 @@ def test_deeply_nested_archive_is_refused_and_the_next_sync_converges(env, serve
     r = env.run("sync")  # again: the same refusal, never a bug
     assert r.code == 9 and "levels deep" in r.err and "unexpected" not in r.err, r.err
     # The origin publishes a sane archive: the next sync installs it and the project is in sync.
-    env.write_manifest(manifest(server.add("/v2.tar.gz", tgz(D("m"), F("m/model.bin", b"v2")))))
+    env.declare(Model("m", server.add("/v2.tar.gz", tgz(D("m"), F("m/model.bin", b"v2"))), type="archive"),
+                processor=PROC)
     r = env.run("sync")
     assert r.code == 0, r.err
     assert (location / "m" / "m" / "model.bin").read_bytes() == b"v2"
@@ -666,7 +661,7 @@ def test_nesting_bound_is_128_components(env, server, kind, components, code):
     name = "m/" + "d/" * (components - 2) + "f"
     assert len(name.split("/")) == components
     url = server.add(f"/model.{kind}", tgz(F(name, b"w")) if kind == "tar" else _zip((name, b"w")))
-    env.write_manifest(manifest(url))
+    env.declare(Model("m", url, type="archive"), processor=PROC)
     r = env.run("sync")
     assert r.code == code, r.err
     assert code == 0 or f"is nested {components} levels deep, more than the 128 allowed" in r.err, r.err
@@ -684,7 +679,8 @@ def test_deep_leftover_of_a_killed_run_is_removed_without_following_its_links(en
     location.mkdir(parents=True)
     leftover = location / f".modelsync-tmp-{dead_pid()}.0123456789ab.m.old"
     deep_dir(leftover, 1500, (private, scratch))
-    env.write_manifest(manifest(server.add("/model.tar.gz", tgz(D("m"), F("m/model.bin", b"w")))))
+    env.declare(Model("m", server.add("/model.tar.gz", tgz(D("m"), F("m/model.bin", b"w"))), type="archive"),
+                processor=PROC)
     before = {k: v for k, v in snapshot(env.root).items() if ".modelsync-tmp-" not in k}
     r = env.run("sync")
     assert r.code == 0, r.err
@@ -734,8 +730,8 @@ def test_links_in_a_directory_model_never_change_their_targets_modes(env, via):
     os.chmod(model / "ro", 0o555)  # a read-only directory of the model's own: copied, then discarded
     os.symlink(private, model / "secrets")
     os.symlink(scratch, model / "scratch")
-    env.write_manifest(f'[processors]\n{PROC} = [{{ name = "a", url = "./vendor/model", type = "directory" }},\n'
-                       f'  {{ name = "b", url = "./vendor/model", type = "directory" }}]\n')
+    env.declare(Model("a", "./vendor/model", type="directory"), Model("b", "./vendor/model", type="directory"),
+                processor=PROC)
     args = ["sync"]
     if via == "frozen-lock":
         import shutil
@@ -767,12 +763,12 @@ def test_deep_directory_model_installs_and_is_removed(env, deep_cleanup):
     model = env.project / "vendor" / "deep"
     model.parent.mkdir()
     deep_dir(model, 1500)
-    env.write_manifest(f'[processors]\n{PROC} = [{{ name = "d", url = "./vendor/deep", type = "directory" }}]\n')
+    env.declare(Model("d", "./vendor/deep", type="directory"), processor=PROC)
     r = env.run("sync")
     assert r.code == 0, r.err
     target = env.data_dir(PROC) / "d"
     assert sum(1 for p, st in walk(target) if stat.S_ISREG(st.st_mode)) == 1
-    env.write_manifest("[processors]\n")
+    env.declare()
     r = env.run("sync", "--prune")
     assert r.code == 0, r.err
     assert not os.path.lexists(target) and temp_names(env.data_dir(PROC)) == []
@@ -784,7 +780,7 @@ def test_deep_directory_model_installs_and_is_removed(env, deep_cleanup):
 def test_copy_tree_keeps_links_as_links_and_modes_ours(tmp_path, env, deep_cleanup):
     # The copy a directory model needs (install.py is to use it): any depth, links copied as links and
     # never followed, our modes (no world-writable or sticky directory, no setuid file), no FIFO.
-    from ocrd_models.modelsync.cache import copy_tree
+    from ocrd_models.modelsync.install.cache import copy_tree
     from ocrd_models.modelsync.errors import UserInputError
 
     private, scratch = outside_dirs(env)
@@ -825,7 +821,7 @@ def test_genuine_archive_with_links_and_executables_installs(env, server, compre
     data = {"gz": lambda b: zlib.compress(b, wbits=31), "bz2": bz2.compress, "xz": lzma.compress,
             "": lambda b: b}[compress](raw)
     url = server.add("/model", data)
-    env.write_manifest(manifest(url, path_in_archive="m"))
+    env.declare(Model("m", url, type="archive", path_in_archive="m"), processor=PROC)
     before = snapshot(env.root)
     r = env.run("sync")
     assert r.code == 0, r.err
@@ -847,7 +843,7 @@ def test_genuine_archive_with_links_and_executables_installs(env, server, compre
 def test_unpacked_modes_are_ours_executable_bits_kept(tmp_path):
     # Modes come from us, not the archive: 0644, or 0755 when the owner could execute; never
     # setuid/setgid/sticky, never group- or world-writable. (The cache then seals files read-only.)
-    from ocrd_models.modelsync.unpack import extract
+    from ocrd_models.modelsync.install.unpack import extract
 
     archive = tmp_path / "a"
     archive.write_bytes(tgz(D("m"), F("m/run.sh", b"#!/bin/sh\n", mode=0o755), F("m/model.bin", b"w", mode=0o666),
@@ -883,7 +879,8 @@ def test_genuine_zip_installs(env, server):
         info.external_attr = (stat.S_IFREG | 0o755) << 16
         zf.writestr(info, b"#!/bin/sh\n")
         zf.writestr("m/sub/model.bin", b"weights")
-    env.write_manifest(manifest(server.add("/model.zip", buf.getvalue()), path_in_archive="m"))
+    env.declare(Model("m", server.add("/model.zip", buf.getvalue()), type="archive", path_in_archive="m"),
+                processor=PROC)
     r = env.run("sync")
     assert r.code == 0, r.err
     target = env.data_dir(PROC) / "m"

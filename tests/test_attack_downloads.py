@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import sha256
+from conftest import Model, sha256
 from httpserver import FileServer, RawServer, http_head
 
 PROC = "ocrd-kraken-recognize"
@@ -60,11 +60,6 @@ def outside(tmp_path_factory):
     d = tmp_path_factory.mktemp("outside")
     (d / "canary").write_bytes(b"canary")
     return d
-
-
-def _manifest(sandbox, url: str, network: str = "") -> None:
-    head = f"[settings.network]\n{network}\n" if network else ""
-    sandbox.write_manifest(head + f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "{url}" }}]\n')
 
 
 def _installed(sandbox) -> bytes | None:
@@ -150,7 +145,7 @@ def test_a_server_ignoring_if_range_never_gets_two_versions_spliced(sandbox, raw
                                 "Content-Range": f"bytes {start}-{SIZE - 1}/{SIZE}"}) + V2[start:]]
 
     srv = raw(respond)
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -178,7 +173,7 @@ def test_a_206_whose_validator_differs_from_the_one_sent_restarts(sandbox, raw, 
         return [http_head(206, {k: v for k, v in h.items() if v is not None}) + V2[start:]]
 
     srv = raw(respond)
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -199,7 +194,7 @@ def test_a_206_without_last_modified_when_that_was_the_validator_sent_restarts(s
                                 "Content-Range": f"bytes {start}-{SIZE - 1}/{SIZE}"}) + V2[start:]]
 
     srv = raw(respond)
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -248,7 +243,7 @@ def test_a_malformed_or_inconsistent_content_range_restarts_cleanly(sandbox, raw
         return [http_head(206, h) + body]
 
     srv = raw(respond)
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert "Traceback" not in r.err and "unexpected" not in r.err, r.err
@@ -278,7 +273,7 @@ def test_without_a_strong_validator_there_is_no_resume_but_a_clean_restart(sandb
                                 "Content-Range": f"bytes {start}-{SIZE - 1}/{SIZE}"}) + V2[start:]]
 
     srv = raw(respond)
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -299,7 +294,7 @@ def test_last_modified_guards_a_resume_when_there_is_no_etag(sandbox, raw, outsi
                                 "Content-Range": f"bytes {start}-{SIZE - 1}/{SIZE}"}) + V1[start:]]
 
     srv = raw(respond)
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -327,7 +322,8 @@ def test_a_trickling_body_is_cut_and_retries_end_at_max_retry_time(sandbox, outs
         srv.rate = 2  # one byte every half second, for ever
         url = srv.add("/m", os.urandom(5000))
         sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-        _manifest(sandbox, url, "read_timeout = 2\nmax_retry_time = 5\nretries = 100\nbackoff = 0.2")
+        sandbox.declare(Model(NAME, url), processor=PROC,
+                        network="read_timeout = 2\nmax_retry_time = 5\nretries = 100\nbackoff = 0.2")
         before = _snapshot(sandbox.root)
         r = _cli(sandbox, "sync", timeout=60)
     finally:
@@ -346,7 +342,7 @@ def test_past_max_retry_time_a_trickle_is_cut_without_waiting_for_read_timeout(s
         srv.rate = 2
         url = srv.add("/m", os.urandom(5000))
         sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-        _manifest(sandbox, url, "read_timeout = 120\nmax_retry_time = 3")
+        sandbox.declare(Model(NAME, url), processor=PROC, network="read_timeout = 120\nmax_retry_time = 3")
         before = _snapshot(sandbox.root)
         r = _cli(sandbox, "sync", timeout=60)
     finally:
@@ -364,7 +360,7 @@ def test_a_healthy_slow_download_is_never_cut_even_past_max_retry_time(sandbox, 
         blob = os.urandom(100_000)
         url = srv.add("/m", blob)
         sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-        _manifest(sandbox, url, "read_timeout = 2\nmax_retry_time = 1")
+        sandbox.declare(Model(NAME, url), processor=PROC, network="read_timeout = 2\nmax_retry_time = 1")
         before = _snapshot(sandbox.root)
         r = _cli(sandbox, "sync", timeout=60)
         assert r.returncode == 0, r.stderr
@@ -388,7 +384,7 @@ def _endless(status: int, extra: dict | None = None):
 @pytest.mark.parametrize("status", [404, 403, 503])
 def test_error_bodies_are_never_read(sandbox, raw, outside, status):
     srv = raw(_endless(status))
-    _manifest(sandbox, srv.url("/m"), "retries = 1\nbackoff = 0.05")
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC, network="retries = 1\nbackoff = 0.05")
     before = _snapshot(sandbox.root)
     r = _cli(sandbox, "sync", timeout=60)
     assert r.returncode == 3, r.stderr
@@ -402,7 +398,7 @@ def test_redirect_bodies_are_never_read(sandbox, raw, outside):
         blob = os.urandom(10_000)
         target = files.add("/m", blob)
         srv = raw(_endless(302, {"Location": target}))
-        _manifest(sandbox, srv.url("/m"))
+        sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
         before = _snapshot(sandbox.root)
         r = _cli(sandbox, "sync", timeout=60)
     finally:
@@ -423,7 +419,7 @@ BAD_LENGTHS = {
 @pytest.mark.parametrize("case", sorted(BAD_LENGTHS))
 def test_a_malformed_content_length_is_a_network_error(sandbox, raw, outside, case):
     srv = raw(lambda req: [http_head(200, {"Content-Length": BAD_LENGTHS[case]}) + V1])
-    _manifest(sandbox, srv.url("/m"), "retries = 1\nbackoff = 0.05")
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC, network="retries = 1\nbackoff = 0.05")
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 3, r.err
@@ -441,7 +437,7 @@ def test_garbage_retry_after_is_ignored(sandbox, raw, outside, value):
         return _whole(V1)
 
     srv = raw(respond)
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -471,7 +467,7 @@ BAD_LOCATIONS = {
 @pytest.mark.parametrize("case", sorted(BAD_LOCATIONS))
 def test_a_malformed_redirect_location_is_a_network_error(sandbox, raw, outside, case):
     srv = raw(lambda req: [http_head(302, {"Location": BAD_LOCATIONS[case], "Content-Length": 0})])
-    _manifest(sandbox, srv.url("/m"), "retries = 1\nbackoff = 0.05")
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC, network="retries = 1\nbackoff = 0.05")
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 3, r.err
@@ -490,7 +486,7 @@ def test_a_backslash_redirect_never_carries_the_token_to_another_host(sandbox, r
     srv = raw(lambda req: [http_head(302, {"Location": f"http://{other.base[7:]}\\@{srv.base[7:]}/m2",
                                            "Content-Length": 0})])
     sandbox.monkeypatch.setenv("MODELSYNC_TOKENS", f"{srv.base[7:]}={token}")
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 3, r.err
@@ -514,7 +510,7 @@ def test_a_redirect_location_with_utf8_or_spaces_is_followed_percent_encoded(san
         return _whole(V1) if req.target == target else [http_head(404, {"Content-Length": 0})]
 
     srv = raw(respond)
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -528,7 +524,7 @@ def test_a_redirect_location_with_utf8_or_spaces_is_followed_percent_encoded(san
 ])
 def test_a_status_that_carries_no_file_is_a_network_error(sandbox, raw, outside, status_line):
     srv = raw(lambda req: [http_head(status_line, {"Content-Length": 0})])
-    _manifest(sandbox, srv.url("/m"), "retries = 1\nbackoff = 0.05")
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC, network="retries = 1\nbackoff = 0.05")
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 3, r.err
@@ -540,7 +536,7 @@ def test_a_status_that_carries_no_file_is_a_network_error(sandbox, raw, outside,
 def test_reason_phrases_and_header_values_stay_out_of_messages(sandbox, raw, outside):
     evil = "\x1b]0;pwned\x07" + "A" * 500
     srv = raw(lambda req: [f"HTTP/1.1 404 {evil}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()])
-    _manifest(sandbox, srv.url("/m"))
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 3, r.err
@@ -557,7 +553,7 @@ def test_a_full_disk_while_downloading_names_the_filesystem(sandbox, server, tmp
         pytest.skip(f"cannot mount a small tmpfs here ({err})")
     try:
         url = server.add("/m", os.urandom(3 * 1024 * 1024))
-        _manifest(sandbox, url)
+        sandbox.declare(Model(NAME, url), processor=PROC)
         r = sandbox.run("sync", "--cache-dir", str(mnt))
         assert r.code == 8, r.err
         assert f"mounted at {mnt} is full" in r.err, r.err
@@ -579,7 +575,8 @@ def test_a_trickled_response_head_is_cut_too(sandbox, raw, outside):
 
     srv = raw(respond)
     sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-    _manifest(sandbox, srv.url("/m"), "read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC,
+                    network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
     before = _snapshot(sandbox.root)
     r = _cli(sandbox, "sync", timeout=60)
     assert r.returncode == 3, r.stderr
@@ -600,7 +597,8 @@ def test_a_proxy_trickling_its_connect_answer_is_cut(sandbox, raw, outside):
         sandbox.monkeypatch.delenv(var, raising=False)
     sandbox.monkeypatch.setenv("HTTPS_PROXY", proxy.base)
     sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-    _manifest(sandbox, "https://127.0.0.1:9/m", "read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3")
+    sandbox.declare(Model(NAME, "https://127.0.0.1:9/m"), processor=PROC,
+                    network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3")
     before = _snapshot(sandbox.root)
     r = _cli(sandbox, "sync", timeout=60)
     assert r.returncode == 3, r.stderr
@@ -621,8 +619,8 @@ def test_a_trickled_tls_handshake_is_cut_too(sandbox, outside):
     srv = RawServer(respond, read_request=False).start()
     try:
         sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-        _manifest(sandbox, srv.url("/m").replace("http://", "https://"),
-                  "read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
+        sandbox.declare(Model(NAME, srv.url("/m").replace("http://", "https://")), processor=PROC,
+                        network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
         before = _snapshot(sandbox.root)
         r = _cli(sandbox, "sync", timeout=60)
     finally:
@@ -654,7 +652,8 @@ def test_a_chunked_body_whose_framing_trickles_is_cut(sandbox, raw, outside, cas
 
     srv = raw(respond)
     sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-    _manifest(sandbox, srv.url("/m"), "read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC,
+                    network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
     before = _snapshot(sandbox.root)
     r = _cli(sandbox, "sync", timeout=60)
     assert r.returncode == 3, r.stderr
@@ -672,7 +671,8 @@ def test_endless_trailers_at_full_speed_are_cut(sandbox, raw, outside):
 
     srv = raw(respond)
     sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-    _manifest(sandbox, srv.url("/m"), "read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC,
+                    network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
     before = _snapshot(sandbox.root)
     r = _cli(sandbox, "sync", timeout=60)
     assert r.returncode == 3, r.stderr
@@ -683,7 +683,7 @@ def test_endless_trailers_at_full_speed_are_cut(sandbox, raw, outside):
 
 def test_a_retry_after_beyond_max_retry_time_gives_up_at_once_saying_so(sandbox, raw, outside):
     srv = raw(lambda req: [http_head(503, {"Retry-After": "3600", "Content-Length": 0})])
-    _manifest(sandbox, srv.url("/m"), "max_retry_time = 60")
+    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC, network="max_retry_time = 60")
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 3, r.err
@@ -695,7 +695,7 @@ def test_a_retry_after_beyond_max_retry_time_gives_up_at_once_saying_so(sandbox,
 @pytest.mark.parametrize("url", ["http://[::1/m", "http://127.0.0.1:99999/m", "http://127.0.0.1:８０/m",
                                  "http://127.0.0.1:x/m", "http:///m"])
 def test_a_malformed_url_in_models_toml_is_a_user_error(sandbox, outside, url):
-    _manifest(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync")
     assert r.code == 2, r.err
@@ -778,8 +778,9 @@ def test_whatever_a_server_sends_the_exit_code_is_documented_and_the_result_cons
     _reset(sandbox)
     srv = raw(lambda req: [_fuzz_bytes(responses[min(req.index, len(responses) - 1)], srv.base)])
     try:
-        _manifest(sandbox, srv.url("/m"), "retries = 2\nbackoff = 0.01\nmax_retry_time = 2\n"
-                                          "connect_timeout = 1\nread_timeout = 0.5")
+        sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC,
+                        network="retries = 2\nbackoff = 0.01\nmax_retry_time = 2\n"
+                                "connect_timeout = 1\nread_timeout = 0.5")
         before = _snapshot(sandbox.root)
         r = sandbox.run("sync")
     finally:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_tar, sha256
+from conftest import Model, make_tar, sha256
 
 BLOB = b"model bytes of issue 13\n" * 100
 ARCHIVE = make_tar({"ckpt/w.bin": b"weights"})
@@ -56,12 +56,6 @@ def outside(sandbox) -> Path:
     return d
 
 
-def _benign_manifest(sandbox, server) -> str:
-    url = server.add("/m.bin", BLOB)
-    sandbox.write_manifest(f'[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}" }}]\n')
-    return url
-
-
 # (id, lock fields, the field the message must name). Each path-like value aims at sandbox/outside.
 HOSTILE = [
     ("processor-dotdot", {"processor": "../../outside/x"}, "processor"),
@@ -89,7 +83,8 @@ def _fill(fields: dict, outside: Path, url: str, archive: str) -> dict:
 @pytest.mark.parametrize("fields,field_name", [(f, n) for _, f, n in HOSTILE], ids=[i for i, _, _ in HOSTILE])
 def test_a_hostile_lock_is_refused_before_anything_is_fetched_or_written(sandbox, server, outside, command,
                                                                           fields, field_name):
-    url = _benign_manifest(sandbox, server)
+    url = server.add("/m.bin", BLOB)
+    sandbox.declare(Model("m.bin", url))
     archive = server.add("/m.tar.gz", ARCHIVE)
     sandbox.lock.write_text(_lock_text(**_fill(fields, outside, url, archive)))
     if field_name == "location" and command != ("sync", "--frozen"):
@@ -124,8 +119,7 @@ def test_a_lock_with_a_machine_path_and_no_models_toml_is_refused_by_frozen(sand
 
 def test_a_lock_location_other_than_the_declared_one_is_refused(sandbox, server, outside):
     url = server.add("/m.bin", BLOB)
-    sandbox.write_manifest(f'[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}", '
-                           f'location = "{outside}/declared" }}]\n')
+    sandbox.declare(Model("m.bin", url, location=f"{outside}/declared"))
     sandbox.lock.write_text(_lock_text(url=url, location=f"{outside}/elsewhere"))
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync", "--frozen")
@@ -134,23 +128,24 @@ def test_a_lock_location_other_than_the_declared_one_is_refused(sandbox, server,
     assert server.requests == []
 
 
-# (id, models.toml text around the model, the location the lock holds)
+# (id, a models.toml declaring the model at ``url`` and the location ``loc`` the lock holds)
 DECLARED = [
-    ("model-location", '[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}", location = "{loc}" }}]\n'),
-    ("settings-location", '[settings]\nlocation = "{loc}"\n[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}" }}]\n'),
-    ("settings-locations", '[settings.locations]\nocrd-x = "{loc}"\n'
-                           '[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}" }}]\n'),
+    ("model-location", lambda sandbox, url, loc: sandbox.declare(Model("m.bin", url, location=loc))),
+    ("settings-location", lambda sandbox, url, loc: sandbox.declare(Model("m.bin", url),
+                                                                    settings=f'location = "{loc}"')),
+    ("settings-locations", lambda sandbox, url, loc: sandbox.declare(Model("m.bin", url),
+                                                                     settings=f'[settings.locations]\nocrd-x = "{loc}"')),
 ]
 
 
-@pytest.mark.parametrize("manifest", [m for _, m in DECLARED], ids=[i for i, _ in DECLARED])
+@pytest.mark.parametrize("declare", [d for _, d in DECLARED], ids=[i for i, _ in DECLARED])
 @pytest.mark.parametrize("where", ["absolute", "home", "relative-outside"])
-def test_a_lock_location_declared_in_models_toml_installs_there(sandbox, server, outside, manifest, where):
+def test_a_lock_location_declared_in_models_toml_installs_there(sandbox, server, outside, declare, where):
     url = server.add("/m.bin", BLOB)
     loc, target = {"absolute": (f"{outside}/models", outside / "models"),
                    "home": ("~/models", sandbox.home / "models"),
                    "relative-outside": ("../outside/rel", outside / "rel")}[where]
-    sandbox.write_manifest(manifest.format(url=url, loc=loc))
+    declare(sandbox, url, loc)
     sandbox.lock.write_text(_lock_text(url=url, location=loc))
     lock_before = sandbox.lock.read_bytes()
     r = sandbox.run("sync", "--frozen")
@@ -171,8 +166,7 @@ def test_a_relative_location_inside_the_project_needs_no_declaration(sandbox, se
 def test_our_own_lock_with_a_declared_absolute_location_keeps_working(sandbox, server, outside):
     # The lock `sync` writes for an absolute location is accepted by every command that reads it.
     url = server.add("/m.bin", BLOB)
-    sandbox.write_manifest(f'[settings]\nlocation = "{outside}/models"\n'
-                           f'[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}" }}]\n')
+    sandbox.declare(Model("m.bin", url), settings=f'location = "{outside}/models"')
     assert sandbox.run("sync").code == 0
     assert f'location = "{outside}/models"' in sandbox.lock.read_text()
     for command in COMMANDS:
@@ -233,7 +227,7 @@ def test_a_models_toml_bomb_is_refused_quickly_and_in_bounded_memory(sandbox, bo
 def test_a_models_lock_bomb_is_refused_quickly_and_in_bounded_memory(sandbox, server, bomb, with_manifest):
     text, needle = BOMBS[bomb]
     if with_manifest:
-        _benign_manifest(sandbox, server)
+        sandbox.declare(Model("m.bin", server.add("/m.bin", BLOB)))
     sandbox.lock.write_text('version = 1\n' + text)
     before = _snapshot(sandbox.root)
     r = _run_limited(sandbox, *(("status",) if with_manifest else ("sync", "--frozen")))
@@ -269,9 +263,9 @@ def test_a_ten_thousand_model_manifest_and_its_lock_load(sandbox):
     # As large as benchmarks/perf.py makes them, with every lock field filled and a long location.
     loc = "/srv/ocr/" + "models-of-a-large-project/" * 3
     n = 10_000
-    specs = ",\n".join(f'  {{ name = "r{i:05}.bin", url = "https://models.example.org/some/long/path/r{i:05}.bin", '
-                       f'sha256 = "{sha256(b"%d" % i)}", location = "{loc}" }}' for i in range(n))
-    sandbox.write_manifest(f"[settings]\nparallel = 4\n[processors]\nocrd-bench-recognize = [\n{specs}\n]\n")
+    sandbox.declare(*(Model(f"r{i:05}.bin", f"https://models.example.org/some/long/path/r{i:05}.bin",
+                            sha256=sha256(b"%d" % i), location=loc) for i in range(n)),
+                    processor="ocrd-bench-recognize", settings="parallel = 4")
     entries = "".join(
         f'\n[[resource]]\nprocessor = "ocrd-bench-recognize"\nname = "r{i:05}.bin"\n'
         f'url = "https://models.example.org/some/long/path/r{i:05}.bin"\ntype = "file"\npath_in_archive = "."\n'
@@ -288,9 +282,9 @@ def test_a_ten_thousand_model_manifest_and_its_lock_load(sandbox):
 def test_the_parser_running_out_of_stack_is_a_user_error_not_a_bug(sandbox, monkeypatch):
     # The safety net behind the limits: with the pre-scan switched off, tomllib's RecursionError on
     # arrays nested 500 deep is still reported as a bad file (exit 2), never as a bug (exit 1).
-    from ocrd_models.modelsync import manifest
+    from ocrd_models.modelsync.spec import toml
 
-    monkeypatch.setattr(manifest, "check_toml_limits", lambda *args: None, raising=False)
+    monkeypatch.setattr(toml, "check_toml_limits", lambda *args: None)
     sandbox.write_manifest("x = " + "[" * 500 + "]" * 500 + "\n")
     before = _snapshot(sandbox.root)
     r = sandbox.run("plan")
@@ -315,8 +309,7 @@ def test_a_lock_checked_before_is_checked_again_against_todays_models_toml(sandb
     # A large lock that passed once is not re-checked field by field (its validated marker), but
     # whether models.toml declares its machine paths is asked on every load.
     url = server.add("/m.bin", BLOB)
-    sandbox.write_manifest(f'[settings]\nlocation = "{outside}/models"\n'
-                           f'[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}" }}]\n')
+    sandbox.declare(Model("m.bin", url), settings=f'location = "{outside}/models"')
     entries = "".join(f'\n[[resource]]\nprocessor = "ocrd-x"\nname = "m{i:04}.bin"\nurl = "{url}"\n'
                       f'location = "{outside}/models"\nsha256 = "{sha256(BLOB)}"\nsize = {len(BLOB)}\n'
                       for i in range(500))
@@ -324,7 +317,7 @@ def test_a_lock_checked_before_is_checked_again_against_todays_models_toml(sandb
     assert sandbox.lock.stat().st_size > 64 * 1024
     assert sandbox.run("status").code == 0
     assert list(sandbox.cache.rglob("validated/*.json")), "the marker this test is about was not written"
-    sandbox.write_manifest(f'[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}" }}]\n')
+    sandbox.declare(Model("m.bin", url))
     before = _snapshot(sandbox.root)
     r = sandbox.run("sync", "--frozen")
     assert r.code == 2 and "field 'location'" in r.err and "does not declare" in r.err, r.err
@@ -339,10 +332,9 @@ def test_a_lock_checked_before_is_checked_again_against_todays_models_toml(sandb
 
 def test_moving_a_declared_location_never_locks_the_project_out(sandbox, server, outside):
     url = server.add("/m.bin", BLOB)
-    text = '[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}", location = "{loc}" }}]\n'
-    sandbox.write_manifest(text.format(url=url, loc=f"{outside}/a"))
+    sandbox.declare(Model("m.bin", url, location=f"{outside}/a"))
     assert sandbox.run("sync").code == 0
-    sandbox.write_manifest(text.format(url=url, loc=f"{outside}/b"))
+    sandbox.declare(Model("m.bin", url, location=f"{outside}/b"))
     for command in (("status",), ("plan",), ("lock",), ("sync",)):
         r = sandbox.run(*command)
         assert r.code == 0, (command, r.err)
@@ -352,8 +344,7 @@ def test_moving_a_declared_location_never_locks_the_project_out(sandbox, server,
 
 def test_cache_prune_keeps_the_blobs_of_a_lock_with_a_declared_machine_path(sandbox, server, outside):
     url = server.add("/m.bin", BLOB)
-    sandbox.write_manifest(f'[settings]\nlocation = "{outside}/models"\n'
-                           f'[processors]\nocrd-x = [{{ name = "m.bin", url = "{url}" }}]\n')
+    sandbox.declare(Model("m.bin", url), settings=f'location = "{outside}/models"')
     assert sandbox.run("sync").code == 0
     r = sandbox.run("cache", "prune", "--json")
     assert r.code == 0 and json.loads(r.out)["removed"] == [], r.out
@@ -370,7 +361,7 @@ def test_a_relative_lock_location_through_a_symlink_in_the_checkout_never_leaves
     sandbox.lock.write_text(_lock_text(url=url, name="authorized_keys", location="./vendor",
                                        sha256=sha256(key), size=len(key)))
     if command == ("sync",):
-        _benign_manifest(sandbox, server)
+        sandbox.declare(Model("m.bin", server.add("/m.bin", BLOB)))
     before = _snapshot(outside)
     r = sandbox.run(*command)
     if command == ("sync", "--frozen"):

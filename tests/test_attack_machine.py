@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sha256
+from conftest import Model, sha256
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
 
@@ -61,14 +61,9 @@ def temp_files(*roots: Path) -> list[Path]:
     return [p for root in roots if root.exists() for p in root.rglob(".modelsync-tmp-*")]
 
 
-def manifest(sandbox, server, extra: str = "") -> None:
-    url = server.add("/m.bin", MODEL)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "m.bin", url = "{url}"{extra}}}]\n')
-
-
 def test_full_project_dir_fails_on_the_lock_after_the_install_and_converges(sandbox, server):
     with tmpfs(sandbox.project, "64k"):
-        manifest(sandbox, server)
+        sandbox.declare(Model("m.bin", server.add("/m.bin", MODEL)), processor=PROC)
         filler = fill(sandbox.project)
         r = sandbox.run("sync")
         assert r.code == 8, r.err
@@ -84,7 +79,7 @@ def test_full_project_dir_fails_on_the_lock_after_the_install_and_converges(sand
 
 
 def test_read_only_project_dir_is_refused_before_anything_is_fetched(sandbox, server):
-    manifest(sandbox, server)
+    sandbox.declare(Model("m.bin", server.add("/m.bin", MODEL)), processor=PROC)
     text = sandbox.manifest.read_text()
     with tmpfs(sandbox.project, "64k"):
         sandbox.manifest.write_text(text)
@@ -97,7 +92,7 @@ def test_read_only_project_dir_is_refused_before_anything_is_fetched(sandbox, se
 
 
 def test_read_only_state_dir_is_refused_before_anything_is_fetched(sandbox, server):
-    manifest(sandbox, server)
+    sandbox.declare(Model("m.bin", server.add("/m.bin", MODEL)), processor=PROC)
     with tmpfs(sandbox.state, "64k", read_only=True):
         r = sandbox.run("sync")
         assert r.code == 8, r.err
@@ -106,7 +101,7 @@ def test_read_only_state_dir_is_refused_before_anything_is_fetched(sandbox, serv
 
 
 def test_read_only_location_is_refused_before_anything_is_fetched(sandbox, server):
-    manifest(sandbox, server)
+    sandbox.declare(Model("m.bin", server.add("/m.bin", MODEL)), processor=PROC)
     with tmpfs(sandbox.data, "64k", read_only=True):
         r = sandbox.run("sync")
         assert r.code == 8, r.err
@@ -115,7 +110,7 @@ def test_read_only_location_is_refused_before_anything_is_fetched(sandbox, serve
 
 
 def test_full_state_dir_still_locks_what_was_installed_and_converges(sandbox, server):
-    manifest(sandbox, server)
+    sandbox.declare(Model("m.bin", server.add("/m.bin", MODEL)), processor=PROC)
     with tmpfs(sandbox.state, "16k"):
         filler = fill(sandbox.state)
         r = sandbox.run("sync")
@@ -137,11 +132,11 @@ def test_full_location_during_an_update_keeps_the_old_model_and_converges(sandbo
     location = sandbox.root / "small"
     with tmpfs(location, "1m"):
         url = server.add("/m.bin", MODEL)
-        text = '[settings]\nlink_mode = "copy"\n[processors]\n{proc} = [{{name = "m.bin", url = "{url}", location = "{loc}"}}]\n'
-        sandbox.write_manifest(text.format(proc=PROC, url=url, loc=location))
+        sandbox.declare(Model("m.bin", url, location=str(location)), processor=PROC, settings='link_mode = "copy"')
         assert sandbox.run("sync").code == 0
         assert (location / "m.bin").read_bytes() == MODEL
-        sandbox.write_manifest(text.format(proc=PROC, url=server.add("/m2.bin", NEW_MODEL), loc=location))
+        sandbox.declare(Model("m.bin", server.add("/m2.bin", NEW_MODEL), location=str(location)), processor=PROC,
+                        settings='link_mode = "copy"')
         filler = fill(location)
         r = sandbox.run("sync")
         assert r.code == 8, r.err
@@ -169,7 +164,7 @@ def test_a_location_we_may_not_write_is_refused_before_anything_is_fetched(sandb
                             "-c", "import ocrd_models.modelsync.cli"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"the CLI cannot run as nobody here: {probe.stderr.decode().strip()[-200:]}")
-    manifest(sandbox, server)
+    sandbox.declare(Model("m.bin", server.add("/m.bin", MODEL)), processor=PROC)
     for parent in sandbox.root.parents:  # pytest's base dir is 0700: let nobody pass through
         if not parent.stat().st_mode & 0o001:
             os.chmod(parent, parent.stat().st_mode | 0o001)

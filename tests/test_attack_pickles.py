@@ -30,9 +30,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, sha256
+from conftest import FIXTURES, Model, sha256
 
-from ocrd_models.modelsync import pyrnn, safepickle
+from ocrd_models.modelsync.legacy import pyrnn, safepickle
 from ocrd_models.modelsync.errors import UnsafeModel, UserInputError
 
 h5py = pytest.importorskip("h5py", reason="the legacy extra (numpy, h5py) is part of the test install")
@@ -400,8 +400,7 @@ def test_colliding_keys_are_refused_in_seconds(world, label):
 
 def test_colliding_memo_numbers_through_sync_with_conversion(world, server):
     url = server.add("/models/collide.pyrnn.gz", gzip.compress(_colliding_puts(), 6, mtime=0))
-    world.sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "collide.pyrnn.gz", url = "{url}", '
-                                 'convert = true }]\n')
+    world.sandbox.declare(Model("collide.pyrnn.gz", url, convert=True), processor=PROC)
     before = _snapshot(world.root)
     code, err, _ = run_limited(world.sandbox, "sync", timeout=60)  # minutes before
     assert code == 10, (code, err)
@@ -664,7 +663,7 @@ def test_huge_or_empty_sizes_are_refused(world):
 # -- damaged HDF5 ----------------------------------------------------------------------------------------
 
 def _converted_fraktur(tmp_path: Path) -> bytes:
-    from ocrd_models.modelsync import hdf5model
+    from ocrd_models.modelsync.legacy import hdf5model
 
     out = tmp_path / "fraktur.hdf5"
     hdf5model.write(pyrnn.load_model(FRAKTUR), out)
@@ -750,8 +749,7 @@ def test_hostile_hdf5_models_are_refused_without_allocating(world):
 def test_sync_converts_over_a_damaged_file_at_the_conversion_path(sandbox, server):
     data = FRAKTUR.read_bytes()
     url = server.add("/models/fraktur-jze.pyrnn.gz", data)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "fraktur-jze.pyrnn.gz", url = "{url}", '
-                           'convert = true }]\n')
+    sandbox.declare(Model("fraktur-jze.pyrnn.gz", url, convert=True), processor=PROC)
     converted = sandbox.data / "ocrd-modelsync" / "converted" / sha256(data) / "fraktur-jze.pyrnn.hdf5"
     converted.parent.mkdir(parents=True)
     good = _converted_fraktur(sandbox.root)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import sha256, tree_files
+from conftest import Model, sha256, tree_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -252,10 +252,10 @@ def _env(sandbox, **extra: str) -> None:
         mp.setenv(k, v)
 
 
-def _locked(sandbox, server, settings_toml: str = "") -> None:
+def _locked(sandbox, server, settings: str = "", network: str = "") -> None:
     """A project whose lock records BLOB; then the installed copy and the cache are forgotten."""
     url = server.add(f"/origin/{NAME}", BLOB)
-    sandbox.write_manifest(f"{settings_toml}[processors]\n{PROC} = [{{ name = \"{NAME}\", url = \"{url}\" }}]\n")
+    sandbox.declare(Model(NAME, url), processor=PROC, settings=settings, network=network)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     _forget(sandbox)
@@ -413,7 +413,7 @@ def test_a_plain_http_realm_on_a_remote_host_gets_no_credentials_unless_allowed(
     assert "plain HTTP" in r.err and "allow_http" in r.err
     assert _installed(sandbox) is None and outside.unchanged()
     # Allowed by the user: now the login for that host goes there (and only its own login).
-    _locked(sandbox, server, f'[settings]\nallow_http = ["{FAR_HOST}"]\n')
+    _locked(sandbox, server, settings=f'allow_http = ["{FAR_HOST}"]')
     proxy.seen.clear()
     _pull(sandbox, registry)
     assert [_basic_user(s.headers.get("authorization")) for s in proxy.seen] == [(USER, SECRET)]
@@ -486,8 +486,7 @@ def test_a_credentials_file_entry_with_a_port_is_for_that_origin_only(sandbox, s
     cfg.write_text(f'["127.0.0.1:{server.httpd.server_address[1]}"]\ntoken = "{TOKEN}"\n'
                    f'["127.0.0.1"]\nusername = "{USER}"\npassword = "{SECRET}"\n')  # no port: https, 443
     _env(sandbox)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "a.bin", url = "{a_url}" }}, '
-                           f'{{ name = "b.bin", url = "{b_url}" }}]\n')
+    sandbox.declare(Model("a.bin", a_url), Model("b.bin", b_url), processor=PROC)
     outside = Outside(sandbox)
     r = sandbox.run("sync")
     _clean_exit(r, 0)
@@ -501,7 +500,7 @@ def test_a_download_over_plain_http_to_a_remote_host_carries_no_credentials(sand
     proxy = hosts(Host(lambda seen: Reply(200, {}, BLOB)))  # stands in for http://auth.registry.test
     _env(sandbox, HTTP_PROXY=proxy.origin, NO_PROXY="127.0.0.1,localhost",
          MODELSYNC_TOKENS=f"{FAR_HOST}={TOKEN} {FAR_HOST}:80={TOKEN}")
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "http://{FAR_HOST}/m" }}]\n')
+    sandbox.declare(Model(NAME, f"http://{FAR_HOST}/m"), processor=PROC)
     outside = Outside(sandbox)
     r = sandbox.run("sync")
     _clean_exit(r, 0)
@@ -514,7 +513,7 @@ def test_a_malformed_credentials_key_is_a_clear_user_error(sandbox, server):
     cfg.parent.mkdir(parents=True)
     cfg.write_text(f'["https://example.org/path"]\ntoken = "{TOKEN}"\n')
     _env(sandbox)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "a.bin", url = "{server.add("/a", b"x")}" }}]\n')
+    sandbox.declare(Model("a.bin", server.add("/a", b"x")), processor=PROC)
     r = sandbox.run("sync")
     _clean_exit(r, 2)
     assert "credentials.toml" in r.err and "HOST:PORT" in r.err and server.count("/a") == 0
@@ -653,7 +652,7 @@ def test_credentials_for_loopback_never_go_through_a_proxy_in_clear(sandbox, ser
     do. The download token and the registry password stay home; the proxy still serves what needs none."""
     proxy = hosts(Host(_proxy_for_everything))
     _env(sandbox, HTTP_PROXY=proxy.origin, MODELSYNC_TOKENS=f"localhost:8080={TOKEN}")
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "http://localhost:8080/m" }}]\n')
+    sandbox.declare(Model(NAME, "http://localhost:8080/m"), processor=PROC)
     outside = Outside(sandbox)
     r = sandbox.run("sync")
     _clean_exit(r, 0)
@@ -720,7 +719,7 @@ def test_a_registry_trickling_its_replies_is_cut(sandbox, server, raw_hosts, whe
 
     registry = raw_hosts(respond)
     _env(sandbox)
-    _locked(sandbox, server, "[settings.network]\nconnect_timeout = 2\nread_timeout = 2\nmax_retry_time = 5\n")
+    _locked(sandbox, server, network="connect_timeout = 2\nread_timeout = 2\nmax_retry_time = 5")
     for var in ("MODELSYNC_CONNECT_TIMEOUT", "MODELSYNC_READ_TIMEOUT", "MODELSYNC_RETRIES"):
         sandbox.monkeypatch.delenv(var)
     outside = Outside(sandbox)
@@ -956,7 +955,7 @@ def test_a_broken_credentials_file_is_named_not_ignored(sandbox):
     naming it (ignoring it would only fail later at the server, with no hint why; a bomb would hang)."""
     cfg = sandbox.config / "ocrd-modelsync" / "credentials.toml"
     cfg.parent.mkdir(parents=True)
-    sandbox.write_manifest('[processors]\nocrd-x = [{name = "m.bin", url = "http://127.0.0.1:9/m.bin"}]\n')
+    sandbox.declare(Model("m.bin", "http://127.0.0.1:9/m.bin"))
     for content in (b'["host"\ntoken = 1', b"\xff\xfe not utf-8", b"a" + b".a" * 60_000 + b" = 1\n",
                     b"x = " + b"[" * 500 + b"]" * 500 + b"\n"):
         cfg.write_bytes(content)

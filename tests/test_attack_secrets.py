@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import stat
 
+from conftest import Model
+
 
 def test_secrets_in_a_manifest_url_are_not_printed_nor_copied_readable(sandbox, server):
     """User info and token parameters in a models.toml URL reach neither --json output nor the install
     records; the parse cache's copy of models.toml is private to the user (0600)."""
     server.add("/m.bin", b"model bytes")
     url = server.url("/m.bin").replace("http://", "http://u:SECRETPW@") + "?X-Amz-Signature=SECRETSIG&token=SECRETTOK"
-    sandbox.write_manifest(f'[processors]\nocrd-x = [{{name = "m.bin", url = "{url}"}}]\n')
+    sandbox.declare(Model("m.bin", url))
     for command in (("plan", "--json"), ("sync", "--json"), ("status", "--json")):
         r = sandbox.run(*command)
         assert r.code == 0, (command, r.err)

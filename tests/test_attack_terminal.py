@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, Model
 from ptyrun import run_on_pty
 
 from httpserver import POLL
@@ -71,7 +71,7 @@ def test_a_key_in_models_toml_is_escaped(sandbox):
 
 
 def test_a_server_reason_phrase_is_escaped(sandbox, reason_server):
-    sandbox.write_manifest(f'[processors]\nocrd-x = [{{name = "m.bin", url = "{reason_server.url}"}}]\n')
+    sandbox.declare(Model("m.bin", reason_server.url))
     r = sandbox.run("sync")
     assert r.code == 3
     assert "HTTP 404" in r.err
@@ -86,7 +86,7 @@ def test_a_server_reason_phrase_is_escaped(sandbox, reason_server):
 
 
 def test_a_server_reason_phrase_is_escaped_on_a_terminal(sandbox, reason_server):
-    sandbox.write_manifest(f'[processors]\nocrd-x = [{{name = "m.bin", url = "{reason_server.url}"}}]\n')
+    sandbox.declare(Model("m.bin", reason_server.url))
     r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), columns=120)
     assert r.code == 3, r.text
     text = r.raw.decode("utf-8", "replace")

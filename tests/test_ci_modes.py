@@ -13,20 +13,18 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import make_tar, sha256, tree_files
+from conftest import Model, make_tar, sha256, tree_files
 
 BLOB = os.urandom(60_000)
 
 
-def _manifest(sandbox, server, extra: str = "") -> None:
+def _manifest(sandbox, server, settings: str = "") -> None:
     a = server.add("/a.traineddata", BLOB)
     b = server.add("/b.tar.xz", make_tar({"ckpt/x.json": b"{}", "ckpt/w.bin": os.urandom(5000)}, "xz"))
-    sandbox.write_manifest(
-        "[processors]\n"
-        f'ocrd-tesserocr-recognize = [{{ name = "a.traineddata", url = "{a}" }}]\n'
-        f'ocrd-calamari-recognize = [{{ name = "b", url = "{b}", type = "archive", path_in_archive = "ckpt" }}]\n'
-        + extra
-    )
+    sandbox.declare(settings=settings, processors={
+        "ocrd-tesserocr-recognize": [Model("a.traineddata", a)],
+        "ocrd-calamari-recognize": [Model("b", b, type="archive", path_in_archive="ckpt")],
+    })
 
 
 def _installed(sandbox) -> dict[str, bytes]:
@@ -96,7 +94,7 @@ def test_frozen_installs_the_lock_without_resolving_names(sandbox, server):
     exe.write_text(f"#!/bin/sh\necho called >> {calls}\necho '{{}}'\n")
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     sandbox.monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    sandbox.write_manifest('[processors]\nocrd-tesserocr-recognize = ["no-such-model"]\n')
+    sandbox.declare("no-such-model", processor="ocrd-tesserocr-recognize")
     before = sandbox.lock.read_bytes()
     r = sandbox.run("sync", "--frozen")
     assert r.code == 0, r.err
@@ -211,8 +209,7 @@ def test_cache_on_another_filesystem_falls_back_to_copy_with_a_notice(sandbox, s
 
 
 def test_cache_dir_from_env_and_settings(sandbox, server):
-    _manifest(sandbox, server, extra="")
-    sandbox.write_manifest('[settings]\ncache_dir = "./.models-cache"\n' + sandbox.manifest.read_text())
+    _manifest(sandbox, server, settings='cache_dir = "./.models-cache"')
     assert sandbox.run("sync").code == 0
     assert sandbox.run("cache", "dir").out.strip() == str(sandbox.project / ".models-cache")
     assert (sandbox.project / ".models-cache" / "blobs").is_dir()
@@ -325,7 +322,7 @@ def test_cache_info_and_prune(sandbox, server):
 def test_a_download_adds_no_used_marker_and_counts_as_used_when_added(tmp_path):
     import time
 
-    from ocrd_models.modelsync.cache import Cache
+    from ocrd_models.modelsync.install.cache import Cache
 
     cache = Cache(tmp_path / "cache")
     cache.tmp.mkdir(parents=True)
@@ -481,7 +478,7 @@ def test_ci_workflow_caches_by_lock_hash_and_syncs_locked():
 def test_a_large_trees_install_record_is_read_whole(tmp_path):
     # A tree's record lists every file: thousands of files make it larger than any one read.
     from ocrd_models.modelsync.digest import StatSig
-    from ocrd_models.modelsync.records import InstallRecord, RecordStore
+    from ocrd_models.modelsync.plan.records import InstallRecord, RecordStore
 
     store = RecordStore(tmp_path / "state")
     sigs = {f"weights/part{i:05}.bin": StatSig(1000 + i, 10**18 + i, 10**6 + i) for i in range(3000)}
@@ -493,16 +490,16 @@ def test_a_large_trees_install_record_is_read_whole(tmp_path):
 
 
 def test_a_large_lock_is_checked_once_per_content(tmp_path, monkeypatch):
-    from ocrd_models.modelsync import lockfile, manifest
+    from ocrd_models.modelsync.spec import lockfile, parsecache
     from ocrd_models.modelsync.errors import LockfileError
 
-    monkeypatch.setattr(manifest, "PARSE_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(parsecache, "PARSE_CACHE_DIR", tmp_path / "cache")
     entries = [lockfile.LockEntry("ocrd-x", f"m{i:04}.bin", f"https://example.org/m{i}", sha256=sha256(b"%d" % i),
                                   size=i) for i in range(400)]
     text = lockfile.dumps(lockfile.Lockfile("a" * 64).with_entries(entries, "a" * 64))
     assert len(text) > 64 * 1024
     first = lockfile.parse_lock(text, tmp_path / "models.lock")
-    manifest.flush_validated()  # what a successful command does at its end
+    parsecache.flush()  # what a successful command does at its end
 
     def no_checks(*args):
         raise AssertionError("checked again although these bytes passed before")
@@ -510,7 +507,7 @@ def test_a_large_lock_is_checked_once_per_content(tmp_path, monkeypatch):
     monkeypatch.setattr(lockfile, "_entry", no_checks)
     assert lockfile.parse_lock(text, tmp_path / "models.lock") == first
     monkeypatch.undo()
-    monkeypatch.setattr(manifest, "PARSE_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(parsecache, "PARSE_CACHE_DIR", tmp_path / "cache")
     # Other bytes (a hand edit, a bad merge) are checked in full.
     bad = text.replace(sha256(b"7"), "not-a-digest", 1)
     with pytest.raises(LockfileError, match="must be 64 lowercase hexadecimal digits"):

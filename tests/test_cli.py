@@ -9,7 +9,7 @@ import sys
 import tomllib
 
 import pytest
-from conftest import make_tar, sha256
+from conftest import Model, make_tar, sha256
 
 BLOB = os.urandom(40_000)
 COMMANDS = ["init", "add", "remove", "lock", "sync", "plan", "status", "verify", "available", "list-installed"]
@@ -69,11 +69,8 @@ def test_add_unknown_name_suggests_and_leaves_file_alone(sandbox):
 def _two_resources(sandbox, server) -> None:
     a = server.add("/a.traineddata", BLOB)
     b = server.add("/b.tar.gz", make_tar({"m/x": b"x", "m/y": b"y"}))
-    sandbox.write_manifest(
-        "[processors]\n"
-        f'ocrd-tesserocr-recognize = [{{ name = "a.traineddata", url = "{a}" }}]\n'
-        f'ocrd-calamari-recognize = [{{ name = "b", url = "{b}", type = "archive", path_in_archive = "m" }}]\n'
-    )
+    sandbox.declare(processors={"ocrd-tesserocr-recognize": [Model("a.traineddata", a)],
+                                "ocrd-calamari-recognize": [Model("b", b, type="archive", path_in_archive="m")]})
 
 
 def test_lock_installs_nothing_and_is_byte_identical_when_repeated(sandbox, server):

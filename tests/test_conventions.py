@@ -6,6 +6,7 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+from conftest import Model
 from ocrd_models.modelsync import __version__
 
 
@@ -25,7 +26,7 @@ def test_python_dash_m_runs_the_cli(sandbox):
 
 def test_models_toml_is_found_in_a_parent_directory(sandbox, server):
     url = server.add("/m.bin", b"model")
-    sandbox.write_manifest(f'[processors]\nocrd-x = [{{name = "m.bin", url = "{url}"}}]\n')
+    sandbox.declare(Model("m.bin", url))
     sub = sandbox.project / "a" / "b"
     sub.mkdir(parents=True)
     sandbox.monkeypatch.chdir(sub)
@@ -49,7 +50,7 @@ def test_without_any_manifest_the_message_suggests_init(sandbox):
 
 def test_plan_and_status_accept_the_shared_options(sandbox, server):
     url = server.add("/m.bin", b"model")
-    sandbox.write_manifest(f'[processors]\nocrd-x = [{{name = "m.bin", url = "{url}"}}]\n')
+    sandbox.declare(Model("m.bin", url))
     for command in ("plan", "status"):
         r = sandbox.run(command, "--mirror", "https://example.org/=https://mirror.example.org/",
                         "--cache-dir", str(sandbox.root / "c2"))
@@ -60,8 +61,7 @@ def test_quiet_prints_only_errors_and_verbose_tells_retries(sandbox, server):
     from httpserver import Fault
 
     url = server.add("/m.bin", b"model")
-    sandbox.write_manifest('[settings.network]\nbackoff = 0.01\n'
-                           f'[processors]\nocrd-x = [{{name = "m.bin", url = "{url}"}}]\n')
+    sandbox.declare(Model("m.bin", url), network="backoff = 0.01")
     server.faults["/m.bin"] = Fault(status=503, times=1)
     r = sandbox.run("sync", "-q")
     assert r.code == 0 and r.err == "" and r.out == "", r.err
@@ -73,8 +73,7 @@ def test_quiet_prints_only_errors_and_verbose_tells_retries(sandbox, server):
 
 
 def test_a_name_that_does_not_resolve_is_not_retried_five_times(sandbox):
-    sandbox.write_manifest('[settings.network]\nretries = 4\nbackoff = 0.01\n'
-                           '[processors]\nocrd-x = [{name = "m.bin", url = "http://no-such-host.invalid/m.bin"}]\n')
+    sandbox.declare(Model("m.bin", "http://no-such-host.invalid/m.bin"), network="retries = 4\nbackoff = 0.01")
     r = sandbox.run("sync", "-v")
     assert r.code == 3, r.err
     assert "after 2 attempt(s)" in r.err, r.err

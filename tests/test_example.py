@@ -10,13 +10,12 @@ from urllib.parse import urlsplit
 
 from conftest import FIXTURES, REPO, make_tar, make_zip, sha256, tree_files
 
-from ocrd_models.modelsync.project import Project
-from ocrd_models.modelsync.settings import Environment
+from ocrd_models.modelsync.project import open_project
 
 
 def _serve_example(sandbox, server) -> tuple[list[str], dict]:
     """Serve plausible bytes at every URL the example resolves to; return --mirror args and contents."""
-    wanted = Project(sandbox.manifest, Environment.from_os()).wanted()
+    wanted = open_project(sandbox.manifest).wanted()
     mirrors, contents = set(), {}
     for w in wanted:
         parts = urlsplit(w.url)

@@ -7,7 +7,7 @@ import subprocess
 import tomllib
 
 import pytest
-from conftest import sha256
+from conftest import Model, sha256
 from httpserver import Fault, FileServer
 
 BLOB = os.urandom(300_000)
@@ -21,10 +21,6 @@ def fast_retries(sandbox, monkeypatch):
     # sandbox, which clears the shell's MODELSYNC_* variables.
     monkeypatch.setenv("MODELSYNC_BACKOFF", "0.05")
     monkeypatch.setenv("MODELSYNC_READ_TIMEOUT", "1")
-
-
-def _one(sandbox, url: str, extra: str = "") -> None:
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "{url}"{extra} }}]\n')
 
 
 def _installed(sandbox) -> bytes | None:
@@ -49,7 +45,7 @@ def _assert_no_partial(sandbox) -> None:
 def test_transient_faults_are_retried_and_the_result_is_exact(sandbox, server, fault):
     url = server.add("/m", BLOB)
     server.faults["/m"] = fault
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert _installed(sandbox) == BLOB
@@ -59,7 +55,7 @@ def test_transient_faults_are_retried_and_the_result_is_exact(sandbox, server, f
 def test_resume_uses_range_after_a_broken_connection(sandbox, server):
     url = server.add("/m", BLOB)
     server.faults["/m"] = Fault(reset_at=200_000, times=1)
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     assert sandbox.run("sync").code == 0
     ranges = [h.get("Range") for p, h in server.headers_seen if p == "/m"]
     assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith("bytes=")
@@ -73,7 +69,7 @@ def test_server_ignoring_range_restarts_cleanly(sandbox, server):
     url = server.add("/m", BLOB)
     server.faults["/m"] = Fault(reset_at=120_000, times=1)
     server.ignore_range.add("/m")  # the retry's Range request gets 200 and the whole body
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert _installed(sandbox) == BLOB  # not the first 120 kB followed by the whole file
@@ -83,7 +79,7 @@ def test_server_ignoring_range_restarts_cleanly(sandbox, server):
 
 def test_truncation_without_content_length_never_installs_partial_bytes(sandbox, server):
     url = server.add("/m", BLOB)
-    _one(sandbox, url, f', sha256 = "{sha256(BLOB)}"')
+    sandbox.declare(Model(NAME, url, sha256=sha256(BLOB)), processor=PROC)
     server.faults["/m"] = Fault(no_length=True, truncate_at=5000, times=2)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -93,7 +89,7 @@ def test_truncation_without_content_length_never_installs_partial_bytes(sandbox,
 
 def test_persistent_truncation_without_length_fails_with_mismatch_and_installs_nothing(sandbox, server):
     url = server.add("/m", BLOB)
-    _one(sandbox, url, f', sha256 = "{sha256(BLOB)}"')
+    sandbox.declare(Model(NAME, url, sha256=sha256(BLOB)), processor=PROC)
     server.faults["/m"] = Fault(no_length=True, truncate_at=5000)
     r = sandbox.run("sync")
     assert r.code in (3, 4) and _installed(sandbox) is None
@@ -103,7 +99,7 @@ def test_persistent_truncation_without_length_fails_with_mismatch_and_installs_n
 def test_content_that_changes_between_requests_restarts_via_if_range(sandbox, server):
     new = os.urandom(len(BLOB))
     url = server.add("/m", BLOB)
-    _one(sandbox, url, f', sha256 = "{sha256(new)}"')
+    sandbox.declare(Model(NAME, url, sha256=sha256(new)), processor=PROC)
     # The first response is cut and the origin then serves new bytes: a resume must not splice them.
     server.faults["/m"] = Fault(reset_at=100_000, times=1, then_serve=new)
     r = sandbox.run("sync")
@@ -113,7 +109,7 @@ def test_content_that_changes_between_requests_restarts_via_if_range(sandbox, se
 
 def test_bytes_differing_from_the_lock_are_refused(sandbox, server):
     url = server.add("/m", BLOB)
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     assert sandbox.run("lock").code == 0
     import shutil
 
@@ -128,7 +124,7 @@ def test_bytes_differing_from_the_lock_are_refused(sandbox, server):
 def test_permanent_http_errors_fail_fast_with_a_reason(sandbox, server, status, needle):
     url = server.add("/m", BLOB)
     server.faults["/m"] = Fault(status=status)
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 3 and needle in r.err and "Traceback" not in r.err
     assert server.count("/m") == 1  # no pointless retries
@@ -137,7 +133,7 @@ def test_permanent_http_errors_fail_fast_with_a_reason(sandbox, server, status, 
 def test_redirect_loop_is_a_clear_error(sandbox, server):
     server.faults["/a"] = Fault(redirect_to=server.url("/b"))
     server.faults["/b"] = Fault(redirect_to=server.url("/a"))
-    _one(sandbox, server.url("/a"))
+    sandbox.declare(Model(NAME, server.url("/a")), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 3 and "redirect loop" in r.err
 
@@ -146,7 +142,7 @@ def test_retries_are_bounded_in_count(sandbox, server, monkeypatch):
     monkeypatch.setenv("MODELSYNC_RETRIES", "2")
     url = server.add("/m", BLOB)
     server.faults["/m"] = Fault(status=503)
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 3 and "3 attempt(s)" in r.err
     assert server.count("/m") == 3
@@ -155,8 +151,7 @@ def test_retries_are_bounded_in_count(sandbox, server, monkeypatch):
 def test_retries_are_bounded_in_time(sandbox, server):
     url = server.add("/m", BLOB)
     server.faults["/m"] = Fault(status=503)
-    sandbox.write_manifest('[settings.network]\nretries = 50\nbackoff = 0.2\nmax_retry_time = 1\n'
-                           f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "{url}" }}]\n')
+    sandbox.declare(Model(NAME, url), processor=PROC, network="retries = 50\nbackoff = 0.2\nmax_retry_time = 1")
     sandbox.monkeypatch.delenv("MODELSYNC_BACKOFF")
     r = sandbox.run("sync")
     assert r.code == 3
@@ -164,12 +159,10 @@ def test_retries_are_bounded_in_time(sandbox, server):
 
 
 def test_many_resources_some_fail_summary_lists_each(sandbox, server):
-    items = []
-    for i in range(6):
-        items.append(f'{{ name = "r{i}", url = "{server.add(f"/r{i}", os.urandom(1000 + i))}" }}')
+    models = [Model(f"r{i}", server.add(f"/r{i}", os.urandom(1000 + i))) for i in range(6)]
     server.faults["/r1"] = Fault(status=404)
     server.faults["/r4"] = Fault(status=403)
-    sandbox.write_manifest(f"[processors]\n{PROC} = [{', '.join(items)}]\n")
+    sandbox.declare(*models, processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 3
     assert "2 resource(s) failed" in r.err and "r1: " in r.err and "r4: " in r.err
@@ -193,18 +186,18 @@ def tls_server(tmp_path, monkeypatch):
 def test_https_to_http_redirect_is_refused_unless_allowed(sandbox, server, tls_server):
     plain = server.add("/m", BLOB)
     tls_server.faults["/m"] = Fault(redirect_to=plain)
-    _one(sandbox, tls_server.url("/m"))
+    sandbox.declare(Model(NAME, tls_server.url("/m")), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 3 and "https to plain http" in r.err and 'allow_http = ["127.0.0.1"]' in r.err
     assert server.count("/m") == 0 and _installed(sandbox) is None
-    sandbox.write_manifest('[settings]\nallow_http = ["127.0.0.1"]\n' + sandbox.manifest.read_text())
+    sandbox.declare(Model(NAME, tls_server.url("/m")), processor=PROC, settings='allow_http = ["127.0.0.1"]')
     r = sandbox.run("sync")
     assert r.code == 0 and _installed(sandbox) == BLOB
 
 
 def test_https_download_verifies_the_certificate(sandbox, tls_server):
     url = tls_server.add("/m", BLOB)
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     assert sandbox.run("sync").code == 0
     sandbox.monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     sandbox.monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
@@ -229,7 +222,7 @@ def test_downloads_go_through_the_environments_proxy_except_no_proxy_hosts(sandb
         for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
             sandbox.monkeypatch.delenv(var, raising=False)
         sandbox.monkeypatch.setenv("HTTP_PROXY", server.url("").replace("http://", "http://alice:s%40cret@"))
-        _one(sandbox, url)
+        sandbox.declare(Model(NAME, url), processor=PROC)
         r = sandbox.run("sync")
         assert r.code == 0, r.err
         assert _installed(sandbox) == BLOB
@@ -258,7 +251,7 @@ def test_socks_proxies_are_refused_with_a_clear_message(sandbox, server):
     sandbox.monkeypatch.delenv("NO_PROXY", raising=False)
     sandbox.monkeypatch.delenv("no_proxy", raising=False)
     sandbox.monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:9")
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 3 and "socks5:// is not supported" in r.err and "Traceback" not in r.err
     assert server.count("/m") == 0 and _installed(sandbox) is None
@@ -266,7 +259,7 @@ def test_socks_proxies_are_refused_with_a_clear_message(sandbox, server):
 
 def test_downloads_ask_for_the_stored_bytes_uncompressed(sandbox, server):
     url = server.add("/m", BLOB)
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     assert sandbox.run("sync").code == 0
     assert [h.get("Accept-Encoding") for p, h in server.headers_seen if p == "/m"] == ["identity"]
 
@@ -287,7 +280,7 @@ def test_token_from_env_is_sent_to_its_origin_only_and_never_printed_or_locked(s
         target = other.add("/final", BLOB)
         server.faults["/m"] = Fault(redirect_to=target)
         sandbox.monkeypatch.setenv("MODELSYNC_TOKENS", f"127.0.0.1:{server.httpd.server_address[1]}={TOKEN}")
-        _one(sandbox, server.url("/m"))
+        sandbox.declare(Model(NAME, server.url("/m")), processor=PROC)
         r = sandbox.run("sync", "-j", "1")
         assert r.code == 0, r.err
         assert _auth_headers(server, "/m") == [f"Bearer {TOKEN}"]
@@ -304,7 +297,7 @@ def test_credentials_file_and_netrc(sandbox, server):
     cfg.parent.mkdir(parents=True)
     port = server.httpd.server_address[1]
     cfg.write_text(f'["127.0.0.1:{port}"]\ntoken = "{TOKEN}"\n')  # keys name the origin: host and port
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     assert sandbox.run("sync").code == 0
     assert _auth_headers(server, "/m") == [f"Bearer {TOKEN}"]
     cfg.unlink()
@@ -325,7 +318,7 @@ def test_credentials_file_and_netrc(sandbox, server):
 def test_userinfo_and_token_parameters_never_reach_the_lock_or_messages(sandbox, server):
     server.add("/m", BLOB)
     url = server.url("/m").replace("http://", "http://bob:hunter22@") + "?token=abcdef123456&x=1"
-    _one(sandbox, url)
+    sandbox.declare(Model(NAME, url), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert "hunter22" not in sandbox.lock.read_text() and "abcdef123456" not in sandbox.lock.read_text()

@@ -8,7 +8,7 @@ import tarfile
 import zipfile
 
 import pytest
-from conftest import make_tar, make_zip, tree_files
+from conftest import Model, make_tar, make_zip, tree_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,9 +83,8 @@ def _snapshot(sandbox) -> dict[str, bytes]:
 def test_hostile_archive_is_refused_naming_the_member(sandbox, server, case):
     data, member = HOSTILE[case]
     url = server.add(f"/{case}.bin", data)
-    sandbox.write_manifest(
-        "[settings]\nmax_archive_members = 50\nmax_unpacked_bytes = 2000000\n"
-        f'[processors]\n{PROC} = [{{ name = "m", url = "{url}", type = "archive" }}]\n')
+    sandbox.declare(Model("m", url, type="archive"), processor=PROC,
+                    settings="max_archive_members = 50\nmax_unpacked_bytes = 2000000")
     before = _snapshot(sandbox)
     r = sandbox.run("sync")
     assert r.code == 9, r.err
@@ -101,7 +100,7 @@ def test_hostile_archive_is_refused_naming_the_member(sandbox, server, case):
 def test_limits_are_configurable(sandbox, server):
     data, _ = HOSTILE["member-bomb"]
     url = server.add("/many.tar.gz", data)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "m", url = "{url}", type = "archive" }}]\n')
+    sandbox.declare(Model("m", url, type="archive"), processor=PROC)
     assert sandbox.run("sync").code == 0  # 60 members are fine with the default limit
 
 
@@ -141,7 +140,7 @@ LOCK_CASES = [
 
 @pytest.mark.parametrize("text,needle", LOCK_CASES, ids=[f"lock{i}" for i in range(len(LOCK_CASES))])
 def test_malformed_lock_is_a_precise_error_and_changes_nothing(sandbox, text, needle):
-    sandbox.write_manifest('[processors]\nocrd-kraken-recognize = [{ name = "m.mlmodel", url = "https://x/m" }]\n')
+    sandbox.declare(Model("m.mlmodel", "https://x/m"), processor="ocrd-kraken-recognize")
     sandbox.lock.write_text(text)
     before = _snapshot(sandbox)
     for args in (("sync",), ("sync", "--locked"), ("sync", "--frozen"), ("status",), ("verify",)):
@@ -210,7 +209,7 @@ def test_mutated_manifests_never_crash_and_bad_ones_change_nothing(sandbox, ops)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=mutation)
 def test_mutated_locks_never_crash_and_never_install(sandbox, ops):
-    sandbox.write_manifest('[processors]\nocrd-kraken-recognize = [{ name = "m.mlmodel", url = "https://x/m" }]\n')
+    sandbox.declare(Model("m.mlmodel", "https://x/m"), processor="ocrd-kraken-recognize")
     sandbox.lock.write_text(_mutate(HEADER + GOOD_ENTRY, ops))
     before = _snapshot(sandbox)
     r = sandbox.run("sync", "--locked", "--offline")

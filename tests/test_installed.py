@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 
-from conftest import make_tar, sha256
+from conftest import Model, make_tar, sha256
 
 PROC = "ocrd-x"
 
@@ -20,9 +20,8 @@ def test_upgrade_fetches_new_bytes_for_files_and_archives(sandbox, server):
     a1, a2 = make_tar({"m/w.bin": v1}), make_tar({"m/w.bin": v2})
     server.add("/f.bin", v1)
     server.add("/a.tar.gz", a1)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "f.bin", url = "{server.url("/f.bin")}"}}, '
-                           f'{{name = "a", url = "{server.url("/a.tar.gz")}", type = "archive", '
-                           'path_in_archive = "m"}]\n')
+    sandbox.declare(Model("f.bin", server.url("/f.bin")),
+                    Model("a", server.url("/a.tar.gz"), type="archive", path_in_archive="m"), processor=PROC)
     assert sandbox.run("sync").code == 0
     server.add("/f.bin", v2)
     server.add("/a.tar.gz", a2)
@@ -46,8 +45,7 @@ def test_upgrade_model_and_lock_upgrade(sandbox, server):
     v1, v2 = b"one" * 100, b"two" * 100
     server.add("/f.bin", v1)
     server.add("/g.bin", v1)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "f.bin", url = "{server.url("/f.bin")}"}}, '
-                           f'{{name = "g.bin", url = "{server.url("/g.bin")}"}}]\n')
+    sandbox.declare(Model("f.bin", server.url("/f.bin")), Model("g.bin", server.url("/g.bin")), processor=PROC)
     assert sandbox.run("sync").code == 0
     server.add("/f.bin", v2)
     server.add("/g.bin", v2)
@@ -66,8 +64,7 @@ def test_a_failed_upgrade_keeps_the_old_model_and_its_lock(sandbox, server):
 
     v1 = b"one" * 100
     server.add("/f.bin", v1)
-    sandbox.write_manifest('[settings.network]\nretries = 0\n'
-                           f'[processors]\n{PROC} = [{{name = "f.bin", url = "{server.url("/f.bin")}"}}]\n')
+    sandbox.declare(Model("f.bin", server.url("/f.bin")), processor=PROC, network="retries = 0")
     assert sandbox.run("sync").code == 0
     lock = sandbox.lock.read_text()
     server.faults["/f.bin"] = Fault(status=500)
@@ -82,8 +79,7 @@ def test_a_pin_on_an_archive_whose_tree_was_adopted_is_checked(sandbox, server):
     installed = sandbox.data_dir(PROC) / "a"
     installed.mkdir(parents=True)
     (installed / "w.bin").write_bytes(b"something else")  # put there by hand, not what the pin names
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a", url = "{url}", type = "archive", '
-                           f'path_in_archive = "m", sha256 = "{sha256(archive)}"}}]\n')
+    sandbox.declare(Model("a", url, type="archive", path_in_archive="m", sha256=sha256(archive)), processor=PROC)
     plan = sandbox.run("plan", "--check")
     assert plan.code == 7 and "pinned" in plan.out, plan.out  # cannot be verified without fetching
     r = sandbox.run("sync")
@@ -95,8 +91,7 @@ def test_a_pin_on_an_archive_whose_tree_was_adopted_is_checked(sandbox, server):
 
 def test_remove_then_sync_keeps_the_lock_entry_until_prune_removes_the_files(sandbox, server):
     a, b = b"model a" * 100, b"model b" * 100
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a.bin", url = "{server.add("/a.bin", a)}"}}, '
-                           f'{{name = "b.bin", url = "{server.add("/b.bin", b)}"}}]\n')
+    sandbox.declare(Model("a.bin", server.add("/a.bin", a)), Model("b.bin", server.add("/b.bin", b)), processor=PROC)
     assert sandbox.run("sync").code == 0
     assert sandbox.run("remove", PROC, "b.bin").code == 0
     plan = sandbox.run("plan", "-v")
@@ -115,8 +110,7 @@ def test_remove_then_sync_keeps_the_lock_entry_until_prune_removes_the_files(san
 
 def test_remove_prune_does_both_at_once_and_spares_changed_files(sandbox, server):
     a, b = b"model a" * 100, b"model b" * 100
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a.bin", url = "{server.add("/a.bin", a)}"}}, '
-                           f'{{name = "b.bin", url = "{server.add("/b.bin", b)}"}}]\n')
+    sandbox.declare(Model("a.bin", server.add("/a.bin", a)), Model("b.bin", server.add("/b.bin", b)), processor=PROC)
     assert sandbox.run("sync").code == 0
     r = sandbox.run("remove", PROC, "b.bin", "--prune")
     assert r.code == 0, r.err
@@ -129,26 +123,25 @@ def test_remove_prune_does_both_at_once_and_spares_changed_files(sandbox, server
 
 
 def test_an_all_failed_first_sync_writes_no_lock(sandbox, server):
-    sandbox.write_manifest('[settings.network]\nretries = 0\n'
-                           f'[processors]\n{PROC} = [{{name = "x.bin", url = "{server.url("/missing")}"}}]\n')
+    sandbox.declare(Model("x.bin", server.url("/missing")), processor=PROC, network="retries = 0")
     r = sandbox.run("sync")
     assert r.code == 3 and not sandbox.lock.exists()
 
 
 def test_locked_always_lists_the_difference_it_complains_about(sandbox, server):
     a = b"model a" * 100
-    good = f'{{name = "a.bin", url = "{server.add("/a.bin", a)}"}}'
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{good}]\n')
+    good = Model("a.bin", server.add("/a.bin", a))
+    sandbox.declare(good, processor=PROC)
     assert sandbox.run("sync").code == 0
     # add a model whose local file is missing, sync (it fails), take it back
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{good}, {{name = "m.bin", url = "./nowhere.bin"}}]\n')
+    sandbox.declare(good, Model("m.bin", "./nowhere.bin"), processor=PROC)
     assert sandbox.run("sync").code == 2
     r = sandbox.run("sync", "--locked")
     assert r.code == 5 and "+ ocrd-x m.bin: declared, not locked" in r.err, r.err
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{good}]\n# a comment\n')
+    sandbox.write_manifest(sandbox.declare(good, processor=PROC).read_text() + "# a comment\n")
     r = sandbox.run("sync", "--locked")
     assert r.code == 0, r.err  # nothing differs that sync would install: no complaint without a reason
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "a.bin", url = "{server.url("/a2.bin")}"}}]\n')
+    sandbox.declare(Model("a.bin", server.url("/a2.bin")), processor=PROC)
     r = sandbox.run("sync", "--locked")
     assert r.code == 5 and "url" in r.err and "/a2.bin" in r.err, r.err
 
@@ -157,11 +150,12 @@ def test_one_download_per_url_and_per_digest_in_a_run(sandbox, server):
     big, other = b"a large shared model" * 50_000, b"another shared model" * 50_000
     server.delay = 0.3  # both workers ask while the first download is still under way
     url = server.add("/shared.zip", big)
-    sandbox.write_manifest(
-        f'[processors]\nocrd-eynollah-segment = [{{name = "default", url = "{url}"}}]\n'
-        f'ocrd-sbb-binarize = [{{name = "default", url = "{url}"}}]\n'
-        f'ocrd-a = [{{name = "p.bin", url = "{server.add("/one.bin", other)}", sha256 = "{sha256(other)}"}}]\n'
-        f'ocrd-b = [{{name = "p.bin", url = "{server.add("/two.bin", other)}", sha256 = "{sha256(other)}"}}]\n')
+    sandbox.declare(processors={
+        "ocrd-eynollah-segment": [Model("default", url)],
+        "ocrd-sbb-binarize": [Model("default", url)],
+        "ocrd-a": [Model("p.bin", server.add("/one.bin", other), sha256=sha256(other))],
+        "ocrd-b": [Model("p.bin", server.add("/two.bin", other), sha256=sha256(other))],
+    })
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert server.count("/shared.zip") == 1  # two processors, one URL: one download
@@ -179,8 +173,8 @@ def test_junk_in_place_is_not_adopted_but_fetched(sandbox, server):
     good = make_traineddata(b"weights" * 1000)
     url = server.add("/deu.traineddata", good)
     archive = server.add("/a.tar.gz", make_tar({"m/w.bin": b"weights"}))
-    sandbox.write_manifest(f'[processors]\nocrd-tesserocr-recognize = [{{name = "deu.traineddata", url = "{url}"}}]\n'
-                           f'{PROC} = [{{name = "a", url = "{archive}", type = "archive", path_in_archive = "m"}}]\n')
+    sandbox.declare(processors={"ocrd-tesserocr-recognize": [Model("deu.traineddata", url)],
+                                PROC: [Model("a", archive, type="archive", path_in_archive="m")]})
     for junk in (b"", b"0123456789abcdef"):
         (sandbox.tessdata / "deu.traineddata").write_bytes(junk)
         (sandbox.data_dir(PROC) / "a").mkdir(parents=True, exist_ok=True)
@@ -224,8 +218,7 @@ def test_copy_mode_keeps_executable_bits(sandbox, server):
             info.size, info.mode = len(data), mode
             tf.addfile(info, io.BytesIO(data))
     url = server.add("/a.tar.gz", buf.getvalue())
-    sandbox.write_manifest(f'[settings]\nlink_mode = "copy"\n[processors]\n{PROC} = [{{name = "a", url = "{url}", '
-                           'type = "archive", path_in_archive = "m"}]\n')
+    sandbox.declare(Model("a", url, type="archive", path_in_archive="m"), processor=PROC, settings='link_mode = "copy"')
     assert sandbox.run("sync").code == 0
     target = sandbox.data_dir(PROC) / "a"
     assert os.stat(target / "run.sh").st_mode & 0o111 == 0o111 and os.stat(target / "w.bin").st_mode & 0o111 == 0
@@ -234,7 +227,7 @@ def test_copy_mode_keeps_executable_bits(sandbox, server):
 def test_an_edit_through_a_hardlink_is_caught_and_said_and_fetched_again(sandbox, server):
     data = b"model bytes" * 1000
     url = server.add("/m.bin", data)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{name = "m.bin", url = "{url}"}}]\n')
+    sandbox.declare(Model("m.bin", url), processor=PROC)
     assert sandbox.run("sync").code == 0
     installed = sandbox.data_dir(PROC) / "m.bin"
     installed.chmod(0o644)
@@ -258,8 +251,7 @@ def test_a_first_download_cut_short_without_content_length_is_not_installed(sand
     model = gzip.compress(os.urandom(200_000))
     url = server.add("/m.pyrnn.gz", model)
     server.faults["/m.pyrnn.gz"] = Fault(no_length=True, truncate_at=len(model) // 2)
-    sandbox.write_manifest('[settings.network]\nretries = 1\nbackoff = 0.01\n'
-                           f'[processors]\n{PROC} = [{{name = "m.pyrnn.gz", url = "{url}"}}]\n')
+    sandbox.declare(Model("m.pyrnn.gz", url), processor=PROC, network="retries = 1\nbackoff = 0.01")
     r = sandbox.run("sync")
     assert r.code == 3 and "without a Content-Length" in r.err and "gzip" in r.err, r.err
     assert not (sandbox.data_dir(PROC) / "m.pyrnn.gz").exists() and not sandbox.lock.exists()
@@ -271,7 +263,7 @@ def test_a_first_download_cut_short_without_content_length_is_not_installed(sand
 def test_committing_a_hardlink_over_the_same_file_leaves_no_temp_name(tmp_path):
     """Two syncs placing one cache blob: the second rename finds both names linked to one file, where
     rename(2) does nothing. Nothing may be left behind (a race once seen in a concurrent-sync test)."""
-    from ocrd_models.modelsync.install import commit
+    from ocrd_models.modelsync.install.obtain import commit
 
     blob = tmp_path / "blob"
     blob.write_bytes(b"model")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import OCRD_TOOL_DIR, REPO, make_tar, make_zip, tree_files
+from conftest import OCRD_TOOL_DIR, REPO, Model, make_tar, make_zip, tree_files
 
 OCRD_SPEC = "ocrd>=3,<4"
 
@@ -72,18 +72,15 @@ def test_ocrd_resolves_exactly_what_status_reports(sandbox, server, ocrd_venv):
     extra = sandbox.project / "extra-models"
     sandbox.monkeypatch.setenv("OCRD_KRAKEN_SEGMENT_PATH", f"/nonexistent:{extra}")
     url = lambda path, data: server.add(path, data)  # noqa: E731
-    sandbox.write_manifest(
-        "[processors]\n"
-        f'ocrd-tesserocr-recognize = [{{ name = "frk.traineddata", url = "{url("/t", b"tess")}" }}]\n'
-        f'ocrd-calamari-recognize = [{{ name = "cal", url = "{url("/c.tar.gz", make_tar({"ck/a.json": b"1"}))}",'
-        ' type = "archive", path_in_archive = "ck" }]\n'
-        f'ocrd-cis-ocropy-recognize = [{{ name = "fraktur-jze.pyrnn.gz", url = "{url("/o", b"pickle")}" }}]\n'
-        "ocrd-kraken-recognize = [\n"
-        f'  {{ name = "in-data.mlmodel", url = "{url("/k1", b"1")}", location = "data" }},\n'
-        f'  {{ name = "in-cwd.mlmodel", url = "{url("/k2", b"2")}", location = "cwd" }},\n'
-        "]\n"
-        f'ocrd-kraken-segment = [{{ name = "in-path.mlmodel", url = "{url("/k3", b"3")}", location = "./extra-models" }}]\n'
-    )
+    sandbox.declare(processors={
+        "ocrd-tesserocr-recognize": [Model("frk.traineddata", url("/t", b"tess"))],
+        "ocrd-calamari-recognize": [Model("cal", url("/c.tar.gz", make_tar({"ck/a.json": b"1"})), type="archive",
+                                          path_in_archive="ck")],
+        "ocrd-cis-ocropy-recognize": [Model("fraktur-jze.pyrnn.gz", url("/o", b"pickle"))],
+        "ocrd-kraken-recognize": [Model("in-data.mlmodel", url("/k1", b"1"), location="data"),
+                                  Model("in-cwd.mlmodel", url("/k2", b"2"), location="cwd")],
+        "ocrd-kraken-segment": [Model("in-path.mlmodel", url("/k3", b"3"), location="./extra-models")],
+    })
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     ours = status_paths(sandbox)
@@ -111,8 +108,7 @@ def test_ocrd_resolves_the_system_location(sandbox, server, ocrd_venv, tmp_path)
         pytest.skip(f"OCR-D's system location {system} is fixed in OCR-D and not writable here: {err}")
     try:
         sandbox.monkeypatch.delenv("MODELSYNC_SYSTEM_DIR")
-        sandbox.write_manifest(f'[processors]\n{exe} = [{{ name = "s.bin", url = "{server.add("/s", b"s")}", '
-                               'location = "system" }]\n')
+        sandbox.declare(Model("s.bin", server.add("/s", b"s"), location="system"), processor=exe)
         assert sandbox.run("sync").code == 0
         tool_json = tmp_path / "ocrd-tool.json"
         tool_json.write_text(json.dumps({"tools": {exe: {"executable": exe, "description": "interop test"}}}))
@@ -159,7 +155,7 @@ def test_we_see_what_ocrd_resmgr_installed(sandbox, server, ocrd_venv):
     for e in entries:
         assert (sandbox.data_dir(exe) / e["name"]).exists()
     server.requests.clear()
-    sandbox.write_manifest(f"[processors]\n{exe} = {json.dumps([e['name'] for e in entries])}\n")
+    sandbox.declare(*(e["name"] for e in entries), processor=exe)
     r = sandbox.run("plan", "--json")
     assert r.code == 0, r.err
     plan = json.loads(r.out)
@@ -182,7 +178,7 @@ def test_same_tree_as_ocrd_resmgr_for_archives(sandbox, server, ocrd_venv):
     # Our install goes to a second, empty data root (else it would rightly keep resmgr's copies).
     sandbox.monkeypatch.setenv("XDG_DATA_HOME", str(sandbox.root / "ours"))
     ours_root = sandbox.root / "ours" / "ocrd-resources" / exe
-    sandbox.write_manifest(f"[processors]\n{exe} = {json.dumps([e['name'] for e in entries])}\n")
+    sandbox.declare(*(e["name"] for e in entries), processor=exe)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     ours = {e["name"]: tree_files(ours_root / e["name"]) if e.get("type") == "archive"
@@ -298,8 +294,8 @@ def test_processor_not_installed_same_files_as_resmgr_and_ocrds_own_crash(sandbo
     assert shutil.which(exe) is None
     tar = make_tar({"pkg/models/a.bin": b"A", "pkg/models/sub/b.bin": b"B", "pkg/readme.txt": b"r"})
     file_url, tar_url = server.add("/m.mlmodel", b"a kraken model"), server.add("/pkg.tar.gz", tar)
-    sandbox.write_manifest(f'[processors]\n{exe} = [\n  {{ name = "m.mlmodel", url = "{file_url}" }},\n'
-                           f'  {{ name = "arch", url = "{tar_url}", type = "archive", path_in_archive = "pkg/models" }},\n]\n')
+    sandbox.declare(Model("m.mlmodel", file_url), Model("arch", tar_url, type="archive", path_in_archive="pkg/models"),
+                    processor=exe)
     ours_data, ours_config = _fresh_ocrd_dirs(sandbox, "ours")
     r = sandbox.run("sync")
     assert r.code == 0, r.err
@@ -363,7 +359,7 @@ def test_installed_processor_same_files_as_resmgr_and_ocrd_attributes_them(sandb
     assert set(theirs) == {"f.bin", "arch/a.bin", "arch/sub/b.bin"}
     # ours: the names resolved from the processor's --dump-json
     ours_data, ours_config = _fresh_ocrd_dirs(sandbox, "ours")
-    sandbox.write_manifest(f'[processors]\n{exe} = ["f.bin", "arch"]\n')
+    sandbox.declare("f.bin", "arch", processor=exe)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert tree_files(ours_data / "ocrd-resources" / exe) == theirs

@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES, sha256
+from conftest import FIXTURES, Model, sha256
 
-from ocrd_models.modelsync import pyrnn, safepickle
+from ocrd_models.modelsync.legacy import pyrnn, safepickle
 from ocrd_models.modelsync.errors import UnsafeModel
 
 h5py = pytest.importorskip("h5py", reason="the legacy extra (numpy, h5py) is part of the test install")
@@ -305,8 +305,7 @@ def _converted_dir(sandbox):
 def test_sync_converts_locks_and_substitutes(sandbox, server):
     data = FRAKTUR.read_bytes()
     url = server.add("/models/fraktur-jze.pyrnn.gz", data)
-    sandbox.write_manifest(f'[settings]\nconvert_pyrnn = true\n[processors]\n{PROC} = [\n'
-                           f'  {{ name = "fraktur-jze.pyrnn.gz", url = "{url}" }},\n]\n')
+    sandbox.declare(Model("fraktur-jze.pyrnn.gz", url), processor=PROC, settings="convert_pyrnn = true")
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     converted = _converted_dir(sandbox) / sha256(data) / "fraktur-jze.pyrnn.hdf5"
@@ -333,8 +332,7 @@ def test_sync_converts_locks_and_substitutes(sandbox, server):
 
 def test_tampered_conversion_is_caught_and_redone(sandbox, server):
     url = server.add("/m/fraktur-jze.pyrnn.gz", FRAKTUR.read_bytes())
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "fraktur-jze.pyrnn.gz", url = "{url}", '
-                           'convert = true }]\n')
+    sandbox.declare(Model("fraktur-jze.pyrnn.gz", url, convert=True), processor=PROC)
     assert sandbox.run("sync").code == 0
     converted = next(_converted_dir(sandbox).rglob("*.hdf5"))
     good = converted.read_bytes()
@@ -351,9 +349,8 @@ def test_changed_source_and_same_names_never_collide(sandbox, server):
     plain = gzip.decompress(gz)
     url_a = server.add("/a/model.pyrnn.gz", gz)
     url_b = server.add("/b/model.pyrnn.gz", gzip.compress(plain, mtime=0))  # same model, other bytes
-    sandbox.write_manifest(f'[settings]\nconvert_pyrnn = true\n[processors]\n'
-                           f'{PROC} = [{{ name = "model.pyrnn.gz", url = "{url_a}" }}]\n'
-                           f'ocrd-kraken-recognize = [{{ name = "model.pyrnn.gz", url = "{url_b}" }}]\n')
+    sandbox.declare(settings="convert_pyrnn = true", processors={
+        PROC: [Model("model.pyrnn.gz", url_a)], "ocrd-kraken-recognize": [Model("model.pyrnn.gz", url_b)]})
     assert sandbox.run("sync").code == 0, sandbox.run("sync").err
     paths = sorted(_converted_dir(sandbox).rglob("*.hdf5"))
     assert [p.parent.name for p in paths] == sorted([sha256(gz), sha256(gzip.compress(plain, mtime=0))])
@@ -361,7 +358,8 @@ def test_changed_source_and_same_names_never_collide(sandbox, server):
     # a changed source (the declaration points at new bytes) converts again, into a new place
     newer_bytes = gzip.compress(plain, compresslevel=1, mtime=0)
     url_c = server.add("/c/model.pyrnn.gz", newer_bytes)
-    sandbox.write_manifest(sandbox.manifest.read_text().replace(url_a, url_c))
+    sandbox.declare(settings="convert_pyrnn = true", processors={
+        PROC: [Model("model.pyrnn.gz", url_c)], "ocrd-kraken-recognize": [Model("model.pyrnn.gz", url_b)]})
     up = sandbox.run("sync")
     assert up.code == 0, up.err
     assert (sandbox.data_dir(PROC) / "model.pyrnn.gz").read_bytes() == newer_bytes
@@ -373,12 +371,11 @@ def test_changed_source_and_same_names_never_collide(sandbox, server):
 
 def test_conversion_switches(sandbox, server):
     url = server.add("/m/fraktur-jze.pyrnn.gz", FRAKTUR.read_bytes())
-    body = f'[processors]\n{PROC} = [{{ name = "fraktur-jze.pyrnn.gz", url = "{url}", convert = false }}]\n'
-    sandbox.write_manifest("[settings]\nconvert_pyrnn = true\n" + body)  # the model's own choice wins
+    sandbox.declare(Model("fraktur-jze.pyrnn.gz", url, convert=False), processor=PROC,
+                    settings="convert_pyrnn = true")  # the model's own choice wins
     assert sandbox.run("sync").code == 0
     assert not _converted_dir(sandbox).exists() and "converted_sha256" not in sandbox.lock.read_text()
-    sandbox.write_manifest(f'[settings]\nconvert_pyrnn = true\n[processors]\n{PROC} = ["fraktur-jze.pyrnn.gz"]\n'
-                           .replace('"fraktur-jze.pyrnn.gz"]', f'{{ name = "fraktur-jze.pyrnn.gz", url = "{url}" }}]'))
+    sandbox.declare(Model("fraktur-jze.pyrnn.gz", url), processor=PROC, settings="convert_pyrnn = true")
     r = sandbox.run("sync", "--disable-autoconversion")  # the flag: nothing converted this run
     assert r.code == 0 and not _converted_dir(sandbox).exists()
     assert sandbox.run("sync").code == 0 and _converted_dir(sandbox).exists()
@@ -393,9 +390,8 @@ def test_conversion_switches(sandbox, server):
 def test_failed_conversion_fails_that_model_only(sandbox, server):
     ok_url = server.add("/m/other.bin", b"weights")
     toy_url = server.add("/m/toy.pyrnn.gz", TOY_GZ.read_bytes())  # no codec: cannot be converted
-    sandbox.write_manifest(f'[settings]\nconvert_pyrnn = true\n[processors]\n{PROC} = [\n'
-                           f'  {{ name = "toy.pyrnn.gz", url = "{toy_url}" }},\n'
-                           f'  {{ name = "other.bin", url = "{ok_url}" }},\n]\n')
+    sandbox.declare(Model("toy.pyrnn.gz", toy_url), Model("other.bin", ok_url), processor=PROC,
+                    settings="convert_pyrnn = true")
     r = sandbox.run("sync")
     assert r.code == 2 and "toy.pyrnn.gz" in r.err and "no codec" in r.err
     assert (sandbox.data_dir(PROC) / "other.bin").read_bytes() == b"weights"

@@ -6,15 +6,9 @@ import os
 import stat
 import tomllib
 
-from conftest import sha256
+from conftest import Model, sha256
 
 BLOB = os.urandom(30_000)
-
-
-def _manifest(url: str, location: str | None = None, processor: str = "ocrd-kraken-recognize",
-              name: str = "m.mlmodel") -> str:
-    loc = f', location = "{location}"' if location else ""
-    return f'[processors]\n{processor} = [{{ name = "{name}", url = "{url}"{loc} }}]\n'
 
 
 def test_each_location_kind_installs_into_ocrd_directory(sandbox, server):
@@ -27,7 +21,7 @@ def test_each_location_kind_installs_into_ocrd_directory(sandbox, server):
     }
     for location, path in expected.items():
         sandbox.lock.unlink(missing_ok=True)
-        sandbox.write_manifest(_manifest(url, location))
+        sandbox.declare(Model("m.mlmodel", url, location=location), processor="ocrd-kraken-recognize")
         r = sandbox.run("sync")
         assert r.code == 0, r.err
         assert path.read_bytes() == BLOB, location
@@ -36,11 +30,8 @@ def test_each_location_kind_installs_into_ocrd_directory(sandbox, server):
 
 def test_default_location_is_data_or_the_tools_first_resource_location(sandbox, server):
     url = server.add("/a", BLOB)
-    sandbox.write_manifest(
-        "[processors]\n"
-        f'ocrd-kraken-recognize = [{{ name = "k.mlmodel", url = "{url}" }}]\n'
-        f'ocrd-tesserocr-recognize = [{{ name = "t.traineddata", url = "{url}" }}]\n'
-    )
+    sandbox.declare(processors={"ocrd-kraken-recognize": [Model("k.mlmodel", url)],
+                                "ocrd-tesserocr-recognize": [Model("t.traineddata", url)]})
     assert sandbox.run("sync").code == 0
     assert (sandbox.data_dir("ocrd-kraken-recognize") / "k.mlmodel").exists()
     assert (sandbox.tessdata / "t.traineddata").exists()  # resource_locations = ["module"]
@@ -48,12 +39,9 @@ def test_default_location_is_data_or_the_tools_first_resource_location(sandbox, 
 
 def test_settings_location_and_per_processor_location(sandbox, server):
     url = server.add("/a", BLOB)
-    sandbox.write_manifest(
-        '[settings]\nlocation = "system"\n[settings.locations]\nocrd-calamari-recognize = "cwd"\n'
-        "[processors]\n"
-        f'ocrd-kraken-recognize = [{{ name = "k.mlmodel", url = "{url}" }}]\n'
-        f'ocrd-calamari-recognize = [{{ name = "c.bin", url = "{url}" }}]\n'
-    )
+    sandbox.declare(settings='location = "system"\n[settings.locations]\nocrd-calamari-recognize = "cwd"',
+                    processors={"ocrd-kraken-recognize": [Model("k.mlmodel", url)],
+                                "ocrd-calamari-recognize": [Model("c.bin", url)]})
     assert sandbox.run("sync").code == 0
     assert (sandbox.system / "ocrd-kraken-recognize" / "k.mlmodel").exists()
     assert (sandbox.project / "c.bin").exists()
@@ -61,7 +49,7 @@ def test_settings_location_and_per_processor_location(sandbox, server):
 
 def test_tesserocr_processors_share_recognizes_tessdata(sandbox, server):
     url = server.add("/a", BLOB)
-    sandbox.write_manifest(f'[processors]\nocrd-tesserocr-segment = [{{ name = "x.traineddata", url = "{url}" }}]\n')
+    sandbox.declare(Model("x.traineddata", url), processor="ocrd-tesserocr-segment")
     assert sandbox.run("sync").code == 0
     assert (sandbox.tessdata / "x.traineddata").read_bytes() == BLOB
     entry = tomllib.loads(sandbox.lock.read_text())["resource"][0]
@@ -70,7 +58,7 @@ def test_tesserocr_processors_share_recognizes_tessdata(sandbox, server):
 
 def test_module_location_without_processor_is_a_clear_error(sandbox, server):
     sandbox.monkeypatch.delenv("TESSDATA_PREFIX")
-    sandbox.write_manifest('[processors]\nocrd-tesserocr-recognize = ["deu.traineddata"]\n')
+    sandbox.declare("deu.traineddata", processor="ocrd-tesserocr-recognize")
     r = sandbox.run("plan")
     assert r.code == 2
     assert "TESSDATA_PREFIX" in r.err and "Traceback" not in r.err
@@ -89,7 +77,7 @@ def test_module_dir_comes_from_the_processor_and_is_cached(sandbox, server):
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     sandbox.monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     url = server.add("/a", BLOB)
-    sandbox.write_manifest(_manifest(url, "module"))
+    sandbox.declare(Model("m.mlmodel", url, location="module"), processor="ocrd-kraken-recognize")
     assert sandbox.run("sync").code == 0
     assert (moddir / "m.mlmodel").read_bytes() == BLOB
     calls = len(counter.read_text().splitlines())
@@ -105,7 +93,7 @@ def test_existing_model_in_any_lookup_location_is_not_downloaded_again(sandbox, 
     # Put there by `ocrd resmgr` or by hand, in the system location.
     (sandbox.system / "ocrd-kraken-recognize").mkdir()
     (sandbox.system / "ocrd-kraken-recognize" / "m.mlmodel").write_bytes(BLOB)
-    sandbox.write_manifest(_manifest(url))
+    sandbox.declare(Model("m.mlmodel", url), processor="ocrd-kraken-recognize")
     r = sandbox.run("plan")
     assert "keep" in r.out and "install" not in r.out
     assert sandbox.run("sync").code == 0
@@ -120,7 +108,7 @@ def test_processor_path_variable_is_in_the_lookup_order(sandbox, server):
     extra.mkdir()
     (extra / "m.mlmodel").write_bytes(BLOB)
     sandbox.monkeypatch.setenv("OCRD_KRAKEN_RECOGNIZE_PATH", f"/nonexistent:{extra}")
-    sandbox.write_manifest(_manifest(url))
+    sandbox.declare(Model("m.mlmodel", url), processor="ocrd-kraken-recognize")
     r = sandbox.run("status", "--json")
     import json
 
@@ -130,7 +118,7 @@ def test_processor_path_variable_is_in_the_lookup_order(sandbox, server):
 
 def test_shadowing_copy_in_an_earlier_location_is_reported(sandbox, server):
     url = server.add("/m.mlmodel", BLOB)
-    sandbox.write_manifest(_manifest(url))
+    sandbox.declare(Model("m.mlmodel", url), processor="ocrd-kraken-recognize")
     assert sandbox.run("sync").code == 0
     (sandbox.project / "m.mlmodel").write_bytes(b"an old copy in the working directory")
     # One answer everywhere (issue 15): the processor would load the cwd copy, so nothing says "ok".
@@ -154,7 +142,8 @@ def test_shadowing_copy_in_an_earlier_location_is_reported(sandbox, server):
 
 def test_explicit_directory_off_the_lookup_path_is_warned_about(sandbox, server):
     url = server.add("/m.mlmodel", BLOB)
-    sandbox.write_manifest(_manifest(url, "/tmp/../" + str(sandbox.root / "elsewhere")))
+    sandbox.declare(Model("m.mlmodel", url, location="/tmp/../" + str(sandbox.root / "elsewhere")),
+                    processor="ocrd-kraken-recognize")
     r = sandbox.run("plan")
     assert "OCRD_KRAKEN_RECOGNIZE_PATH" in r.err
 
@@ -162,13 +151,11 @@ def test_explicit_directory_off_the_lookup_path_is_warned_about(sandbox, server)
 def test_a_tesserocr_location_ocrd_never_looks_at_is_refused(sandbox, server):
     """ocrd-tesserocr-* find resources only in the module location (Tesseract's tessdata dir)."""
     url = server.add("/deu.traineddata", BLOB)
-    for decl in (f'ocrd-tesserocr-segment-region = [{{name = "deu.traineddata", url = "{url}", location = "data"}}]',
-                 f'ocrd-tesserocr-recognize = [{{name = "deu.traineddata", url = "{url}", location = "./models"}}]'):
-        sandbox.write_manifest(f"[processors]\n{decl}\n")
+    for processor, location in (("ocrd-tesserocr-segment-region", "data"), ("ocrd-tesserocr-recognize", "./models")):
+        sandbox.declare(Model("deu.traineddata", url, location=location), processor=processor)
         r = sandbox.run("plan")
         assert r.code == 2 and "only in its module location" in r.err and "TESSDATA_PREFIX" in r.err, r.err
     # The project-wide default location does not apply to a tool that restricts its locations.
-    sandbox.write_manifest(f'[settings]\nlocation = "data"\n[processors]\n'
-                           f'ocrd-tesserocr-recognize = [{{name = "deu.traineddata", url = "{url}"}}]\n')
+    sandbox.declare(Model("deu.traineddata", url), processor="ocrd-tesserocr-recognize", settings='location = "data"')
     assert sandbox.run("sync").code == 0
     assert (sandbox.tessdata / "deu.traineddata").read_bytes() == BLOB

@@ -53,7 +53,7 @@ def test_missing_manifest_says_how_to_create_one(sandbox):
 def test_manifest_hash_ignores_formatting_order_and_mirrors(sandbox):
     from pathlib import Path
 
-    from ocrd_models.modelsync.manifest import parse_manifest
+    from ocrd_models.modelsync.spec.manifest import parse_manifest
 
     a = parse_manifest('[processors]\nocrd-x = ["a", "b"]\n', Path("m"))
     b = parse_manifest('# comment\n[settings]\nparallel = 8\nmirrors = { "https://a/" = "http://b/" }\n'
@@ -64,16 +64,16 @@ def test_manifest_hash_ignores_formatting_order_and_mirrors(sandbox):
 
 
 def test_a_manifest_validated_before_is_rebuilt_equal_without_validators(tmp_path, monkeypatch):
-    from ocrd_models.modelsync import manifest
+    from ocrd_models.modelsync.spec import manifest, parsecache
 
-    monkeypatch.setattr(manifest, "PARSE_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(parsecache, "PARSE_CACHE_DIR", tmp_path / "cache")
     text = ('[settings]\nparallel = 3\nlocation = "module"\nconvert_pyrnn = true\nallow_http = ["a.example"]\n'
             '[settings.network]\nretries = 7\n[settings.locations]\nocrd-x = "cwd"\n'
             '[processors]\nocrd-x = ["a", { name = "b.tar.gz", url = "https://x/b.tar.gz", type = "archive", '
             'path_in_archive = "m", sha256 = "' + "ab" * 32 + '", convert = false }]\n'
             'ocrd-y = [{ name = "c", url = "file:///tmp/c", description = "see" }]\n')
     first = manifest.parse_manifest(text, tmp_path / "models.toml")
-    manifest.flush_validated()
+    parsecache.flush()
 
     def no_validation(*args, **kwargs):
         raise AssertionError("validated again")

@@ -18,6 +18,7 @@ import stat
 import sys
 
 import pytest
+from conftest import Model
 from httpserver import FileServer, TunnelProxy, make_cert
 from test_attack_registry import (BASIC, BLOB, DIGEST, NAME, PROC, REPO_NAME, SECRET, TOKEN, USER, FakeRegistry,
                                   Host, Outside, Reply, Seen, _basic_user, _clean_exit, _env, _forget, _installed,
@@ -72,7 +73,7 @@ def test_a_netrc_entry_still_serves_downloads_from_its_origin(sandbox, server):
     _env(sandbox)
     (sandbox.home / ".netrc").write_text(f"machine 127.0.0.1:{server.httpd.server_address[1]} login {NETRC_USER} "
                                          f"password {NETRC_SECRET}\n")
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "{url}" }}]\n')
+    sandbox.declare(Model(NAME, url), processor=PROC)
     r = sandbox.run("sync")
     _clean_exit(r, 0)
     assert [h.get("Authorization") for p, h in server.headers_seen if p == "/m"] == [f"Basic {NETRC_BASIC}"]
@@ -109,7 +110,7 @@ def test_no_proxy_applies_the_same_to_downloads_and_the_registry(sandbox, hosts,
     proxy = hosts(_proxy_answering_everything())
     _env(sandbox)
     url = f"http://{host}:{origin.port}/origin/{NAME}"
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "{NAME}", url = "{url}" }}]\n')
+    sandbox.declare(Model(NAME, url), processor=PROC)
     sandbox.monkeypatch.setenv("HTTP_PROXY", proxy.origin)
     sandbox.monkeypatch.setenv("NO_PROXY", no_proxy.format(port=origin.port))
     outside = Outside(sandbox)
@@ -363,7 +364,7 @@ def _gone(pid: int, wait: float = 10) -> bool:
 
 
 def test_a_hanging_credential_helper_is_stopped_with_its_children(sandbox, server, hosts, helpers):
-    from ocrd_models.modelsync import oci
+    from ocrd_models.modelsync.oci import client as oci
 
     sandbox.monkeypatch.setattr(oci, "HELPER_TIMEOUT", 2.0)  # 30 s in real life: a passphrase prompt may wait
     registry = hosts(FakeRegistry(auth="basic"))

@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from conftest import make_tar, sha256, tree_files
-from oci_registry import BINARY, SKIP_REASON, Registry
+from conftest import Model, make_tar, sha256, tree_files
+from oci_registry import BINARY, SKIP_REASON, ResourceIndex
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason=SKIP_REASON)
 
@@ -22,10 +22,10 @@ PROC = "ocrd-kraken-recognize"
 
 @pytest.fixture
 def registries(tmp_path):
-    started: list[Registry] = []
+    started: list[ResourceIndex] = []
 
-    def start(mode: str = "anonymous", **kw) -> Registry:
-        r = Registry(tmp_path / f"registry-{len(started)}", mode, **kw)
+    def start(mode: str = "anonymous", **kw) -> ResourceIndex:
+        r = ResourceIndex(tmp_path / f"registry-{len(started)}", mode, **kw)
         started.append(r)
         return r
 
@@ -34,17 +34,18 @@ def registries(tmp_path):
         r.stop()
 
 
-def _project(sandbox, server, extra: str = "") -> dict[str, bytes]:
+def _declared(server) -> list[Model]:
+    """The models of the project _project syncs."""
+    return [Model("a.mlmodel", server.url("/origin/a.mlmodel")), Model("b.mlmodel", server.url("/origin/b.mlmodel")),
+            Model("model", server.url("/origin/model.tar.gz"), type="archive", path_in_archive="model")]
+
+
+def _project(sandbox, server) -> dict[str, bytes]:
     files = {"a.mlmodel": os.urandom(40_000), "b.mlmodel": os.urandom(70_000),
              "model.tar.gz": make_tar({"model/w.bin": os.urandom(30_000), "model/c.json": b"{}"})}
     for name, data in files.items():
         server.add(f"/origin/{name}", data)
-    sandbox.write_manifest(
-        f"[processors]\n{PROC} = [\n"
-        f'  {{ name = "a.mlmodel", url = "{server.url("/origin/a.mlmodel")}" }},\n'
-        f'  {{ name = "b.mlmodel", url = "{server.url("/origin/b.mlmodel")}" }},\n'
-        f'  {{ name = "model", url = "{server.url("/origin/model.tar.gz")}", type = "archive", '
-        f'path_in_archive = "model" }},\n{extra}]\n')
+    sandbox.declare(*_declared(server), processor=PROC)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     return files
@@ -134,8 +135,7 @@ def test_registry_lacking_an_artifact_falls_back_or_fails_strictly(sandbox, serv
     assert sandbox.run("push", f"{reg.host}/ocr/models:v1").code == 0
     late = os.urandom(5000)
     server.add("/origin/late.bin", late)
-    head, _, _ = sandbox.manifest.read_text().rpartition("]\n")
-    sandbox.write_manifest(head + f'  {{ name = "late.bin", url = "{server.url("/origin/late.bin")}" }},\n]\n')
+    sandbox.declare(*_declared(server), Model("late.bin", server.url("/origin/late.bin")), processor=PROC)
     assert sandbox.run("sync").code == 0  # locked, not pushed
     host2 = _other_machine(sandbox, "host2")
     strict = sandbox.run("sync", "--registry", f"{reg.host}/ocr/models", "--registry-only")
@@ -184,7 +184,7 @@ def test_chunked_upload(sandbox, server, registries):
     reg = registries()
     big = os.urandom((2 << 20) + 12345)
     url = server.add("/origin/big.bin", big)
-    sandbox.write_manifest(f'[processors]\n{PROC} = [{{ name = "big.bin", url = "{url}" }}]\n')
+    sandbox.declare(Model("big.bin", url), processor=PROC)
     assert sandbox.run("sync").code == 0
     assert sandbox.run("push", f"{reg.host}/ocr/big:v1", "--chunk-mib", "1").code == 0
     patches = [p for m, p, st in reg.access() if m == "PATCH" and st == 202]

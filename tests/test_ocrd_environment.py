@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import Model
 from test_interop_ocrd import ocrd_venv, resolve  # noqa: F401  (ocrd_venv is a fixture)
 
 EXE = "ocrd-envtest"  # neither installed nor in the bundled index: only the user database knows it
@@ -92,8 +93,7 @@ def test_data_dir_and_user_database_are_ocrds_for_every_value(sandbox, server, o
         [("from-db.bin", "user-database")]
 
     # ... and a model we put in `data` is where OCR-D's own resolver finds it.
-    sandbox.write_manifest(f'[processors]\n{EXE} = [{{ name = "m.bin", url = "{server.add("/m", b"m")}", '
-                           'location = "data" }]\n')
+    sandbox.declare(Model("m.bin", server.add("/m", b"m"), location="data"), processor=EXE)
     synced = sandbox.run("sync")
     assert synced.code == 0, synced.err
     status = sandbox.run("status", "--json")
@@ -113,7 +113,7 @@ def test_data_dir_and_user_database_are_ocrds_for_every_value(sandbox, server, o
         assert "relative path" not in told and "is empty" not in told, told
 
     # The library answers the same (asked last: a warning is told once per process).
-    from ocrd_models.modelsync.settings import Environment
+    from ocrd_models.modelsync.config import Environment
 
     env = Environment.from_os()
     assert (env.ocrd_data_dir, env.ocrd_user_database) == (ocrd_data, user_list)
@@ -124,7 +124,7 @@ def test_our_own_xdg_dirs_still_follow_the_xdg_spec(sandbox, server):
     # is invalid per the XDG spec and ignored, never a directory below wherever the command runs.
     sandbox.monkeypatch.setenv("XDG_CACHE_HOME", "rel-cache")
     sandbox.monkeypatch.setenv("XDG_STATE_HOME", "")
-    sandbox.write_manifest(f'[processors]\n{EXE} = [{{ name = "m.bin", url = "{server.add("/m", b"m")}" }}]\n')
+    sandbox.declare(Model("m.bin", server.add("/m", b"m")), processor=EXE)
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert not (sandbox.project / "rel-cache").exists()
@@ -292,7 +292,7 @@ def test_every_command_survives_a_non_utf8_user_database(sandbox, server):
     db = sandbox.config / "ocrd" / "resources.yml"
     db.parent.mkdir(parents=True)
     db.write_bytes(b"ocrd-envtest:\n- {url: 'http://h/a', description: 'caf\xe9', name: a, size: 1}\n")
-    sandbox.write_manifest(f'[processors]\n{EXE} = [{{ name = "m.bin", url = "{server.add("/m", b"m")}" }}]\n')
+    sandbox.declare(Model("m.bin", server.add("/m", b"m")), processor=EXE)
     for step in (("plan",), ("sync",), ("status",), ("verify",), ("available",), ("list-installed",)):
         r = sandbox.run(*step)
         assert r.code == 0, (step, r.err)
@@ -307,7 +307,7 @@ def test_each_problem_is_told_once_per_command(sandbox, server):
     data.mkdir(parents=True)
     (data / "m.bin").write_bytes(b"m")
     # `import` reads the registry twice (to scan the locations, then to lock): the problem is told once.
-    sandbox.write_manifest(f'[processors]\n{EXE} = [{{ name = "m.bin", url = "{server.add("/m", b"m")}" }}]\n')
+    sandbox.declare(Model("m.bin", server.add("/m", b"m")), processor=EXE)
     r = sandbox.run("import")
     assert r.code == 0, r.err
     lines = [line for line in r.err.splitlines() if "sha256" in line]
@@ -354,7 +354,7 @@ def test_an_exploding_user_database_is_refused_in_time(sandbox, server, payload)
     db = sandbox.config / "ocrd" / "resources.yml"
     db.parent.mkdir(parents=True)
     db.write_bytes(payload)
-    sandbox.write_manifest(f'[processors]\n{EXE} = [{{ name = "m.bin", url = "{server.add("/m", b"m")}" }}]\n')
+    sandbox.declare(Model("m.bin", server.add("/m", b"m")), processor=EXE)
     outside = {d: _snapshot(d) for d in (sandbox.config, sandbox.system, sandbox.home)}
     for args in (["available", "--json"], ["sync"]):
         proc = _cli_subprocess(args, timeout=120)  # generous: only to fail instead of hanging

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ocrd_models.modelsync.locations import Candidate
-from ocrd_models.modelsync.lockfile import LockEntry
-from ocrd_models.modelsync.planner import (INSTALL, KEEP, SHADOWED, UPDATE, expectation, make_plan,
+from ocrd_models.modelsync.plan.locations import Candidate
+from ocrd_models.modelsync.spec.lockfile import LockEntry
+from ocrd_models.modelsync.plan.planner import (INSTALL, KEEP, SHADOWED, UPDATE, expectation, make_plan,
                                            plan_resource)
-from ocrd_models.modelsync.resolve import Wanted
-from ocrd_models.modelsync.state import Hit, Observation
+from ocrd_models.modelsync.resources.resolve import Wanted
+from ocrd_models.modelsync.plan.observe import Hit, Observation
 
 A, B, PIN = "a" * 64, "b" * 64, "c" * 64
 DATA = Candidate("data", Path("/d/ocrd-x"))
@@ -89,7 +89,7 @@ def test_a_target_off_the_lookup_path_is_warned_about():
 def test_an_undeclared_locked_resource_is_kept_or_pruned():
     w2 = wanted(name="old.bin")
     lock_entry = locked(w2)
-    from ocrd_models.modelsync.lockfile import Lockfile
+    from ocrd_models.modelsync.spec.lockfile import Lockfile
 
     lock = Lockfile("0" * 64, (lock_entry,))
     path = DATA.directory / "old.bin"

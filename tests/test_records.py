@@ -7,10 +7,10 @@ import os
 import threading
 
 import pytest
-from conftest import sha256
+from conftest import Model, sha256
 
 from ocrd_models.modelsync.digest import StatSig
-from ocrd_models.modelsync.records import InstallRecord, RecordStore
+from ocrd_models.modelsync.plan.records import InstallRecord, RecordStore
 
 PROC = "ocrd-kraken-recognize"
 
@@ -21,8 +21,7 @@ def _rec(path, name: str, digest: str = "d" * 64) -> InstallRecord:
 
 def test_a_sync_writes_one_record_index_per_directory(sandbox, server):
     blobs = {f"m{i}.mlmodel": os.urandom(1000 + i) for i in range(12)}
-    items = [f'{{ name = "{n}", url = "{server.add("/" + n, b)}" }}' for n, b in blobs.items()]
-    sandbox.write_manifest(f"[processors]\n{PROC} = [{', '.join(items)}]\n")
+    sandbox.declare(*(Model(n, server.add("/" + n, b)) for n, b in blobs.items()), processor=PROC)
     assert sandbox.run("sync", "--link-mode", "copy").code == 0  # copies: only records vouch for them
     root = sandbox.state / "ocrd-modelsync" / "records"
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
@@ -32,7 +31,7 @@ def test_a_sync_writes_one_record_index_per_directory(sandbox, server):
     assert doc["dir"] == str(sandbox.data_dir(PROC))
     assert {n: r["digest"] for n, r in doc["records"].items()} == {n: sha256(b) for n, b in blobs.items()}
     # The records vouch for the files: the next plan trusts them without hashing, and notices a change.
-    from ocrd_models.modelsync import state
+    from ocrd_models.modelsync.plan import observe as state
 
     def no_hashing(*args, **kwargs):
         raise AssertionError("hashed although a record vouches")

@@ -4,17 +4,17 @@ from urllib.parse import urlsplit
 
 from hypothesis import given, settings, strategies as st
 
-from ocrd_models.modelsync import credentials
+from ocrd_models.modelsync import urls
 
 
 def _slow(url: str) -> str:
     # The full path of redact(), forced by pretending no URL is plain.
-    orig = credentials._plain_http_url
-    credentials._plain_http_url = lambda u: False
+    orig = urls._plain_http_url
+    urls._plain_http_url = lambda u: False
     try:
-        return credentials.redact(url)
+        return urls.redact(url)
     finally:
-        credentials._plain_http_url = orig
+        urls._plain_http_url = orig
 
 
 CASES = ["http://a.b/x", "http://A.b/x", "https://a:443/x", "https://a:0443/x", "http://a:/x", "http://a.b",
@@ -24,11 +24,11 @@ CASES = ["http://a.b/x", "http://A.b/x", "https://a:443/x", "https://a:0443/x", 
 
 def test_known_urls_agree():
     for url in CASES:
-        assert credentials.redact(url) == _slow(url), url
+        assert urls.redact(url) == _slow(url), url
 
 
 def test_credentials_never_survive():
-    assert credentials.redact("https://user:secret@host/x?token=abc&keep=1") == "https://host/x?keep=1"
+    assert urls.redact("https://user:secret@host/x?token=abc&keep=1") == "https://host/x?keep=1"
 
 
 @settings(max_examples=300, deadline=None)
@@ -45,4 +45,4 @@ def test_fast_path_is_exact(scheme, host, path):
         expected = _slow(url)
     except ValueError:
         return
-    assert credentials.redact(url) == expected
+    assert urls.redact(url) == expected

@@ -11,11 +11,11 @@ import time
 
 import pytest
 import yaml
-from conftest import OCRD_TOOL_DIR, REPO
+from conftest import OCRD_TOOL_DIR, REPO, Model
 
-from ocrd_models.modelsync.registry import Registry, bundled_index
-from ocrd_models.modelsync.resource import ResourceEntry
-from ocrd_models.modelsync.settings import Environment
+from ocrd_models.modelsync.resources.index import ResourceIndex, bundled_index
+from ocrd_models.modelsync.resources.entry import ResourceEntry
+from ocrd_models.modelsync.config import Environment
 
 TOOL_FILES = sorted(OCRD_TOOL_DIR.glob("*.json"))
 
@@ -37,7 +37,7 @@ def test_shared_data_is_there():
 
 @pytest.mark.parametrize("path", TOOL_FILES, ids=lambda p: p.stem)
 def test_every_real_entry_is_in_the_registry_or_superseded_by_a_newer_source(path):
-    reg = Registry.load(Environment({}), user_database=False)
+    reg = ResourceIndex.load(Environment({}), user_database=False)
     origin = _origins_by_file()[path.name]
     data = json.loads(path.read_text())
     for exe, tool in data.get("tools", {}).items():
@@ -63,13 +63,13 @@ def test_counts_match_the_real_files():
                 procs.add(exe)
                 total += len(tool["resources"])
     assert (total, len(procs)) == (246, 15)
-    reg = Registry.load(Environment({}), user_database=False)
+    reg = ResourceIndex.load(Environment({}), user_database=False)
     # Every real processor with resources is there, plus those only the historical core lists name.
     assert procs <= set(reg.processors_with_resources())
 
 
 def test_historical_core_lists_are_included_and_tarball_means_archive():
-    reg = Registry.load(Environment({}), user_database=False)
+    reg = ResourceIndex.load(Environment({}), user_database=False)
     configs = reg.lookup("ocrd-tesserocr-recognize", "configs")
     assert configs is not None and configs.type == "archive"
     assert configs.path_in_archive == "tesseract-main/tessdata/configs"
@@ -102,7 +102,7 @@ def test_precedence_manifest_over_user_db_over_processor_over_bundled(sandbox, s
                     [{"name": name, "url": proc_url, "description": "d", "size": 1},
                      {"name": "only-proc.mlmodel", "url": proc_url, "description": "d", "size": 1}], counter)
     sandbox.monkeypatch.setenv("PATH", f"{sandbox.root / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    sandbox.write_manifest(f'[processors]\nocrd-kraken-recognize = ["{name}", "only-proc.mlmodel"]\n')
+    sandbox.declare(name, "only-proc.mlmodel", processor="ocrd-kraken-recognize")
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     target = sandbox.data_dir("ocrd-kraken-recognize") / name
@@ -117,7 +117,7 @@ def test_precedence_manifest_over_user_db_over_processor_over_bundled(sandbox, s
     assert target.read_bytes() == b"from-user-database"
     # An inline entry beats everything.
     inline = server.add("/inline.mlmodel", b"inline")
-    sandbox.write_manifest(f'[processors]\nocrd-kraken-recognize = [{{ name = "{name}", url = "{inline}" }}]\n')
+    sandbox.declare(Model(name, inline), processor="ocrd-kraken-recognize")
     assert sandbox.run("sync").code == 0
     assert target.read_bytes() == b"inline"
     r = sandbox.run("available", "ocrd-kraken-recognize", "--json")
@@ -134,7 +134,7 @@ def test_user_database_is_only_read(sandbox, server):
     db.write_text(text)
     before = db.stat().st_mtime_ns
     time.sleep(0.01)
-    sandbox.write_manifest('[processors]\nocrd-foo = ["a"]\n')
+    sandbox.declare("a", processor="ocrd-foo")
     assert sandbox.run("sync").code == 0
     assert (sandbox.data_dir("ocrd-foo") / "a").read_bytes() == b"A"
     assert db.read_text() == text and db.stat().st_mtime_ns == before
@@ -144,7 +144,7 @@ def test_broken_user_database_is_a_warning_not_a_crash(sandbox):
     db = sandbox.config / "ocrd" / "resources.yml"
     db.parent.mkdir()
     db.write_text("ocrd-foo: [ {name: a")
-    reg = Registry.load(Environment.from_os())
+    reg = ResourceIndex.load(Environment.from_os())
     assert reg.lookup("ocrd-tesserocr-recognize", "deu.traineddata") is not None
     assert any("not valid YAML" in w for w in reg.warnings)
 

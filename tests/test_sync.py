@@ -6,19 +6,14 @@ import os
 import tomllib
 
 import pytest
-from conftest import make_tar, make_zip, sha256, tree_files
+from conftest import Model, make_tar, make_zip, sha256, tree_files
 
 TRAINEDDATA = os.urandom(50_000)
 
 
-def manifest_for(url: str, name: str = "mine.traineddata", processor: str = "ocrd-tesserocr-recognize",
-                 extra: str = "") -> str:
-    return f'[processors]\n{processor} = [{{ name = "{name}", url = "{url}"{extra} }}]\n'
-
-
 def test_sync_installs_file_in_module_location_and_locks_it(sandbox, server):
     url = server.add("/tess/mine.traineddata", TRAINEDDATA)
-    sandbox.write_manifest(manifest_for(url))
+    sandbox.declare(Model("mine.traineddata", url), processor="ocrd-tesserocr-recognize")
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     installed = sandbox.tessdata / "mine.traineddata"
@@ -35,7 +30,7 @@ def test_sync_installs_file_in_module_location_and_locks_it(sandbox, server):
 
 def test_second_sync_downloads_nothing(sandbox, server):
     url = server.add("/m.traineddata", TRAINEDDATA)
-    sandbox.write_manifest(manifest_for(url))
+    sandbox.declare(Model("mine.traineddata", url), processor="ocrd-tesserocr-recognize")
     assert sandbox.run("sync").code == 0
     before = sandbox.lock.read_bytes()
     r = sandbox.run("sync")
@@ -47,7 +42,7 @@ def test_second_sync_downloads_nothing(sandbox, server):
 def test_registry_name_resolves_to_its_real_url_through_a_mirror(sandbox, server):
     # deu.traineddata's registry URL is on github.com; the mirror maps it to the test server.
     server.add("/gh/tesseract-ocr/tessdata_best/raw/main/deu.traineddata", TRAINEDDATA)
-    sandbox.write_manifest('[processors]\nocrd-tesserocr-recognize = ["deu.traineddata"]\n')
+    sandbox.declare("deu.traineddata", processor="ocrd-tesserocr-recognize")
     r = sandbox.run("sync", "--mirror", f"https://github.com/={server.url('/gh/')}")
     assert r.code == 0, r.err
     assert (sandbox.tessdata / "deu.traineddata").read_bytes() == TRAINEDDATA
@@ -60,7 +55,7 @@ def test_registry_name_resolves_to_its_real_url_through_a_mirror(sandbox, server
 def test_checksum_mismatch_installs_nothing_and_prints_both_hashes(sandbox, server):
     url = server.add("/x.traineddata", TRAINEDDATA)
     wrong = "0" * 64
-    sandbox.write_manifest(manifest_for(url, extra=f', sha256 = "{wrong}"'))
+    sandbox.declare(Model("mine.traineddata", url, sha256=wrong), processor="ocrd-tesserocr-recognize")
     r = sandbox.run("sync")
     assert r.code == 4
     assert wrong in r.err and sha256(TRAINEDDATA) in r.err
@@ -69,7 +64,7 @@ def test_checksum_mismatch_installs_nothing_and_prints_both_hashes(sandbox, serv
 
 def test_failed_update_keeps_the_working_model(sandbox, server):
     url = server.add("/x.traineddata", TRAINEDDATA)
-    sandbox.write_manifest(manifest_for(url))
+    sandbox.declare(Model("mine.traineddata", url), processor="ocrd-tesserocr-recognize")
     assert sandbox.run("sync").code == 0
     installed = sandbox.tessdata / "mine.traineddata"
     # The origin now serves other bytes: the locked hash refuses them, the old model stays.
@@ -83,7 +78,7 @@ def test_failed_update_keeps_the_working_model(sandbox, server):
 
 def test_modified_file_is_detected_and_repaired(sandbox, server):
     url = server.add("/x.traineddata", TRAINEDDATA)
-    sandbox.write_manifest(manifest_for(url))
+    sandbox.declare(Model("mine.traineddata", url), processor="ocrd-tesserocr-recognize")
     assert sandbox.run("sync").code == 0
     installed = sandbox.tessdata / "mine.traineddata"
     installed.write_bytes(TRAINEDDATA[:100])  # truncated by accident
@@ -104,8 +99,7 @@ def test_archive_kinds_unpack_whole_archive(sandbox, server, kind):
     path = "/dl/model" if kind.startswith("suffixless") else f"/dl/model.{kind}"
     url = server.add(path + ("?dl=1" if kind.startswith("suffixless") else ""), data)
     server.files[path] = data
-    sandbox.write_manifest(manifest_for(url, name="cal-model", processor="ocrd-calamari-recognize",
-                                        extra=', type = "archive"'))
+    sandbox.declare(Model("cal-model", url, type="archive"), processor="ocrd-calamari-recognize")
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     target = sandbox.data_dir("ocrd-calamari-recognize") / "cal-model"
@@ -119,8 +113,7 @@ def test_archive_kinds_unpack_whole_archive(sandbox, server, kind):
 def test_path_in_archive_selects_a_member(sandbox, server):
     members = {"pkg/models/a.bin": b"A", "pkg/models/sub/b.bin": b"B", "pkg/other.txt": b"x"}
     url = server.add("/m.tar.gz", make_tar(members))
-    sandbox.write_manifest(manifest_for(url, name="default", processor="ocrd-sbb-binarize",
-                                        extra=', type = "archive", path_in_archive = "pkg/models"'))
+    sandbox.declare(Model("default", url, type="archive", path_in_archive="pkg/models"), processor="ocrd-sbb-binarize")
     assert sandbox.run("sync").code == 0
     target = sandbox.data_dir("ocrd-sbb-binarize") / "default"
     assert tree_files(target) == {"a.bin": b"A", "sub/b.bin": b"B"}
@@ -128,8 +121,7 @@ def test_path_in_archive_selects_a_member(sandbox, server):
 
 def test_path_in_archive_missing_is_a_clear_error(sandbox, server):
     url = server.add("/m.zip", make_zip({"x/y": b"1"}))
-    sandbox.write_manifest(manifest_for(url, name="m", processor="ocrd-sbb-binarize",
-                                        extra=', type = "archive", path_in_archive = "nope"'))
+    sandbox.declare(Model("m", url, type="archive", path_in_archive="nope"), processor="ocrd-sbb-binarize")
     r = sandbox.run("sync")
     assert r.code == 9
     assert "'nope' is not in the archive" in r.err and "x" in r.err
@@ -138,7 +130,7 @@ def test_path_in_archive_missing_is_a_clear_error(sandbox, server):
 
 def test_archive_update_replaces_tree_after_verification(sandbox, server):
     url = server.add("/m.tar.gz", make_tar({"a": b"1", "b": b"2"}))
-    sandbox.write_manifest(manifest_for(url, name="m", processor="ocrd-calamari-recognize", extra=', type = "archive"'))
+    sandbox.declare(Model("m", url, type="archive"), processor="ocrd-calamari-recognize")
     assert sandbox.run("sync").code == 0
     target = sandbox.data_dir("ocrd-calamari-recognize") / "m"
     (target / "a").write_bytes(b"edited")
@@ -149,7 +141,7 @@ def test_archive_update_replaces_tree_after_verification(sandbox, server):
 def test_traversal_member_is_refused_and_nothing_written_outside(sandbox, server):
     evil = make_tar({"../../escaped.txt": b"pwned", "ok": b"1"})
     url = server.add("/evil.tar.gz", evil)
-    sandbox.write_manifest(manifest_for(url, name="m", processor="ocrd-calamari-recognize", extra=', type = "archive"'))
+    sandbox.declare(Model("m", url, type="archive"), processor="ocrd-calamari-recognize")
     r = sandbox.run("sync")
     assert r.code == 9
     assert "../../escaped.txt" in r.err
@@ -160,11 +152,8 @@ def test_traversal_member_is_refused_and_nothing_written_outside(sandbox, server
 def test_failures_do_not_stop_other_resources(sandbox, server):
     good = server.add("/good.traineddata", TRAINEDDATA)
     bad = server.url("/missing.traineddata")
-    sandbox.write_manifest(
-        "[processors]\nocrd-tesserocr-recognize = [\n"
-        f'  {{ name = "bad.traineddata", url = "{bad}" }},\n'
-        f'  {{ name = "good.traineddata", url = "{good}" }},\n]\n'
-    )
+    sandbox.declare(Model("bad.traineddata", bad), Model("good.traineddata", good),
+                    processor="ocrd-tesserocr-recognize")
     r = sandbox.run("sync")
     assert r.code == 3
     assert "bad.traineddata" in r.err and "404" in r.err
@@ -175,8 +164,8 @@ def test_failures_do_not_stop_other_resources(sandbox, server):
 
 def test_parallel_downloads_all_land(sandbox, server):
     blobs = {f"m{i}.traineddata": os.urandom(20_000 + i) for i in range(12)}
-    items = ",\n".join(f'  {{ name = "{n}", url = "{server.add("/" + n, b)}" }}' for n, b in blobs.items())
-    sandbox.write_manifest(f"[settings]\nparallel = 6\n[processors]\nocrd-tesserocr-recognize = [\n{items}\n]\n")
+    sandbox.declare(*(Model(n, server.add("/" + n, b)) for n, b in blobs.items()),
+                    processor="ocrd-tesserocr-recognize", settings="parallel = 6")
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert {p.name: p.read_bytes() for p in sandbox.tessdata.iterdir()} == blobs
@@ -188,11 +177,8 @@ def test_local_path_and_file_url_for_self_trained_models(sandbox):
     model.write_bytes(b"\x1f\x8b pretend")
     other = sandbox.root / "other.mlmodel"
     other.write_bytes(b"kraken")
-    sandbox.write_manifest(
-        "[processors]\n"
-        'ocrd-cis-ocropy-recognize = [{ name = "my.pyrnn.gz", url = "./train/my.pyrnn.gz" }]\n'
-        f'ocrd-kraken-recognize = [{{ name = "other.mlmodel", url = "file://{other}" }}]\n'
-    )
+    sandbox.declare(processors={"ocrd-cis-ocropy-recognize": [Model("my.pyrnn.gz", "./train/my.pyrnn.gz")],
+                                "ocrd-kraken-recognize": [Model("other.mlmodel", f"file://{other}")]})
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert (sandbox.data_dir("ocrd-cis-ocropy-recognize") / "my.pyrnn.gz").read_bytes() == b"\x1f\x8b pretend"
@@ -207,8 +193,8 @@ def test_directory_type_copies_a_local_tree(sandbox):
     (src / "sub").mkdir(parents=True)
     (src / "a.json").write_text("{}")
     (src / "sub" / "w.bin").write_bytes(b"123")
-    sandbox.write_manifest(manifest_for("./train/ckpt", name="ckpt", processor="ocrd-calamari-recognize",
-                                        extra=', type = "directory", location = "./models"'))
+    sandbox.declare(Model("ckpt", "./train/ckpt", type="directory", location="./models"),
+                    processor="ocrd-calamari-recognize")
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert tree_files(sandbox.project / "models" / "ckpt") == {"a.json": b"{}", "sub/w.bin": b"123"}
@@ -220,16 +206,15 @@ def test_plain_gzip_pickle_is_not_unpacked(sandbox):
     import gzip
 
     fixture.write_bytes(gzip.compress(data))
-    sandbox.write_manifest(manifest_for("./fraktur.pyrnn.gz", name="f.pyrnn.gz",
-                                        processor="ocrd-cis-ocropy-recognize"))
+    sandbox.declare(Model("f.pyrnn.gz", "./fraktur.pyrnn.gz"), processor="ocrd-cis-ocropy-recognize")
     assert sandbox.run("sync").code == 0
     assert (sandbox.data_dir("ocrd-cis-ocropy-recognize") / "f.pyrnn.gz").read_bytes() == fixture.read_bytes()
 
 
 def test_downloads_overlap_up_to_the_parallel_setting(sandbox, server):
     server.delay = 0.3
-    items = ",\n".join(f'  {{ name = "p{i}", url = "{server.add(f"/p{i}", b"x" * i)}" }}' for i in range(6))
-    sandbox.write_manifest(f"[settings]\nparallel = 3\n[processors]\nocrd-kraken-recognize = [\n{items}\n]\n")
+    sandbox.declare(*(Model(f"p{i}", server.add(f"/p{i}", b"x" * i)) for i in range(6)),
+                    processor="ocrd-kraken-recognize", settings="parallel = 3")
     assert sandbox.run("sync").code == 0
     assert server.max_inflight == 3
     server.max_inflight = 0
@@ -247,8 +232,7 @@ def test_redirect_target_is_recorded_as_fetched_url(sandbox, server):
 
     final = server.add("/releases/v2/m.mlmodel", TRAINEDDATA)
     server.faults["/latest/m.mlmodel"] = Fault(redirect_to=final)
-    sandbox.write_manifest(manifest_for(server.url("/latest/m.mlmodel"), name="m.mlmodel",
-                                        processor="ocrd-kraken-recognize"))
+    sandbox.declare(Model("m.mlmodel", server.url("/latest/m.mlmodel")), processor="ocrd-kraken-recognize")
     assert sandbox.run("sync").code == 0
     entry = tomllib.loads(sandbox.lock.read_text())["resource"][0]
     assert entry["url"] == server.url("/latest/m.mlmodel")
@@ -260,7 +244,7 @@ def test_transient_server_errors_are_retried(sandbox, server):
 
     url = server.add("/flaky.mlmodel", TRAINEDDATA)
     server.faults["/flaky.mlmodel"] = Fault(status=503, times=2)
-    sandbox.write_manifest(manifest_for(url, name="f.mlmodel", processor="ocrd-kraken-recognize"))
+    sandbox.declare(Model("f.mlmodel", url), processor="ocrd-kraken-recognize")
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert server.count("/flaky.mlmodel") == 3
@@ -272,7 +256,7 @@ def test_truncated_body_is_retried_never_installed(sandbox, server):
 
     url = server.add("/t.mlmodel", TRAINEDDATA)
     server.faults["/t.mlmodel"] = Fault(truncate_at=1000, times=1)
-    sandbox.write_manifest(manifest_for(url, name="t.mlmodel", processor="ocrd-kraken-recognize"))
+    sandbox.declare(Model("t.mlmodel", url), processor="ocrd-kraken-recognize")
     assert sandbox.run("sync").code == 0
     assert (sandbox.data_dir("ocrd-kraken-recognize") / "t.mlmodel").read_bytes() == TRAINEDDATA
     assert server.count("/t.mlmodel") == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sha256
+from conftest import Model, sha256
 from ptyrun import run_on_pty
 
 PROC = "ocrd-x"
@@ -26,8 +26,7 @@ BIG = os.urandom(3_000_000)
 def _manifest(sandbox, server, names=("a-small.bin", "z-big.bin")) -> None:
     server.add("/a-small.bin", SMALL)
     server.add("/z-big.bin", BIG)
-    models = ", ".join(f'{{name = "{n}", url = "{server.url("/" + n)}"}}' for n in names)
-    sandbox.write_manifest(f"[settings]\nparallel = 1\n[processors]\n{PROC} = [{models}]\n")
+    sandbox.declare(*(Model(n, server.url("/" + n)) for n in names), processor=PROC, settings="parallel = 1")
 
 
 def _temp_files(sandbox) -> list[Path]:
@@ -107,7 +106,7 @@ def test_ctrl_c_during_an_update_keeps_the_old_model_and_its_lock(sandbox, slow_
     assert run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env()).code == 0
     new = os.urandom(3_000_000)
     slow_server.add("/z-big2.bin", new)
-    sandbox.write_manifest(sandbox.manifest.read_text().replace("/z-big.bin", "/z-big2.bin"))
+    sandbox.declare(Model("z-big.bin", slow_server.url("/z-big2.bin")), processor=PROC, settings="parallel = 1")
     r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), interrupt_after=1.0)
     assert r.code == 130, r.text
     assert _installed(sandbox) == {"z-big.bin": sha256(BIG)} == _locked(sandbox)
@@ -141,7 +140,7 @@ def test_force_color_colours_a_pipe(sandbox):
 
     from ptyrun import CLI
 
-    sandbox.write_manifest('[processors]\nocrd-x = [{name = "m.bin", url = "./missing.bin"}]\n')
+    sandbox.declare(Model("m.bin", "./missing.bin"))
     plain = subprocess.run([CLI, "sync"], cwd=sandbox.project, env=sandbox.env(), capture_output=True)
     forced = subprocess.run([CLI, "sync"], cwd=sandbox.project, env={**sandbox.env(), "FORCE_COLOR": "1"},
                             capture_output=True)
@@ -159,9 +158,11 @@ def test_output_fits_80_columns_without_breaking_words(sandbox, slow_server):
     server = slow_server
     server.add("/a-small.bin", SMALL)
     long = "ocrd-tesserocr-recognize"
-    sandbox.write_manifest(f'[processors]\n{long} = [{{name = "a-model-with-a-long-name.traineddata", '
-                           f'url = "{server.url("/a-small.bin")}"}}, {{name = "z-big.bin", url = "{server.url("/z-big.bin")}"}}]\n'
-                           f'ocrd-x = [{{name = "missing.bin", url = "{server.url("/nope")}"}}]\n')
+    sandbox.declare(processors={
+        long: [Model("a-model-with-a-long-name.traineddata", server.url("/a-small.bin")),
+               Model("z-big.bin", server.url("/z-big.bin"))],
+        "ocrd-x": [Model("missing.bin", server.url("/nope"))],
+    })
     server.add("/z-big.bin", BIG)
     env = {**sandbox.env(), "MODELSYNC_RETRIES": "0"}
     r = run_on_pty(["sync"], cwd=sandbox.project, env=env, columns=80)
@@ -184,7 +185,7 @@ def test_import_push_and_convert_on_a_terminal(sandbox, server, tmp_path):
     import shutil
 
     from conftest import FIXTURES
-    from oci_registry import BINARY, Registry
+    from oci_registry import BINARY, ResourceIndex
 
     # import: a model put where OCR-D looks by `ocrd resmgr` (or by hand)
     tess = sandbox.tessdata
@@ -206,7 +207,7 @@ def test_import_push_and_convert_on_a_terminal(sandbox, server, tmp_path):
     # push: to a real registry (Debian's docker-registry on 127.0.0.1)
     _manifest(sandbox, server, names=("a-small.bin",))
     assert run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env()).code == 0
-    registry = Registry(tmp_path / "registry")
+    registry = ResourceIndex(tmp_path / "registry")
     try:
         r = run_on_pty(["push", f"{registry.host}/ocr/models:t1"], cwd=sandbox.project, env=sandbox.env(), columns=80)
         assert r.code == 0, r.text

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_tar, make_zip
 
 from ocrd_models.modelsync.errors import UnsafeArchive
-from ocrd_models.modelsync.unpack import extract, select, sniff
+from ocrd_models.modelsync.install.unpack import extract, select, sniff
 
 
 def _tar_with(member: tarfile.TarInfo, data: bytes = b"") -> bytes:
