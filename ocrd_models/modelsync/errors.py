@@ -136,6 +136,17 @@ class InstallError(ModelsyncError, OSError):
     exit_code = EXIT_INSTALL
 
 
+class NotEnoughSpace(InstallError):
+    """A filesystem has less free space than a download (or an unpacking) needs; checked before writing."""
+
+    def __init__(self, what: str, mount: str, needed: int, free: int):
+        self.what, self.mount, self.needed, self.free = what, mount, needed, free
+        super().__init__(f"not enough space for {what} on the filesystem mounted at {mount}: it needs "
+                         f"{_exact_size(needed)} and has {_exact_size(free)} free. Nothing was written. Free "
+                         "space there (`modelsync cache prune` frees cache entries no lock uses), or point the cache "
+                         "(--cache-dir) or the location at another filesystem, then run the command again.")
+
+
 def filesystem_error(err: OSError, path: "str | os.PathLike[str]", doing: str) -> InstallError:
     """An :class:`InstallError` for an OS error while ``doing`` something to ``path``.
 
@@ -144,7 +155,7 @@ def filesystem_error(err: OSError, path: "str | os.PathLike[str]", doing: str) -
     """
     import errno
 
-    where = _mount_point(path)
+    where = mount_point(path)
     reason = err.strerror or str(err)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         free = _free_bytes(where)
@@ -164,7 +175,8 @@ def filesystem_error(err: OSError, path: "str | os.PathLike[str]", doing: str) -
     return error
 
 
-def _mount_point(path: "str | os.PathLike[str]") -> str:
+def mount_point(path: "str | os.PathLike[str]") -> str:
+    """The mount point of the filesystem ``path`` (or its nearest existing parent) is on."""
     p = os.path.abspath(os.fspath(path))
     while not os.path.exists(p) and p != os.path.dirname(p):
         p = os.path.dirname(p)
@@ -192,6 +204,12 @@ def _size(n: int | None) -> str:
     if n < 1024**2:
         return f"{n} bytes"
     return f"{n / 1024**2:.1f} MiB" if n < 1024**3 else f"{n / 1024**3:.1f} GiB"
+
+
+def _exact_size(n: int) -> str:
+    """A size for a person, with the exact byte count beside it when it was rounded."""
+    shown = _size(n)
+    return shown if shown.endswith(" bytes") else f"{shown} ({n} bytes)"
 
 
 def _user() -> str:

@@ -8,6 +8,7 @@ Layout under the cache dir (``$MODELSYNC_CACHE_DIR``, default ``$XDG_CACHE_HOME/
                                  entry added since counts from its ctime)
     projects/<key>.json          locks seen on this machine (for ``cache prune``)
     tmp/                         downloads and unpacking in progress
+    partial/<key>.<pid>/         an interrupted download (data, state.json), resumed by a later run
 
 Correctness never depends on locks (flock does nothing on NFS): every write goes to a
 unique temp name and is renamed into place; two processes adding the same entry both
@@ -92,6 +93,11 @@ class Cache:
     def tmp(self) -> Path:
         """Where downloads and unpacking happen (same filesystem as the entries)."""
         return self.root / "tmp"
+
+    @property
+    def partial_dir(self) -> Path:
+        """Interrupted downloads kept for a resume (see :mod:`.partial`)."""
+        return self.root / "partial"
 
     def blob_path(self, sha256: str) -> Path:
         """Where the blob of ``sha256`` lives."""
@@ -287,6 +293,16 @@ class Cache:
             if not dry_run:
                 self._discard(path)
                 (self.root / "used" / key).unlink(missing_ok=True)
+        from .partial import PartialStore
+
+        for path in PartialStore(self.partial_dir).abandoned():  # interrupted downloads no process resumes now
+            try:
+                size = self.size_of(path)
+                if not dry_run:
+                    remove_path(path)
+            except OSError:
+                continue
+            removed.append(("partial", path.name.rpartition(".")[0], size))
         if not dry_run:
             try:
                 remove_path(self.tmp)  # of any depth; links in it are removed, never followed

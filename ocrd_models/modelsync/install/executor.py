@@ -10,6 +10,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from ..urls import redact
 from ..digest import digest_path
@@ -23,6 +24,7 @@ from .obtain import Fetcher, Flights, Request, commit, obtain
 from ..spec.lockfile import LockEntry
 from ..plan.planner import INSTALL, KEEP, REMOVE, SHADOWED, UPDATE, Action, Plan
 from ..progress import NullProgress, Progress, TaskMeter
+from .space import ARCHIVE_ESTIMATE, check_space, same_filesystem
 from ..plan.records import InstallRecord, RecordStore
 from ..resources.resolve import Wanted
 
@@ -127,6 +129,21 @@ class _CancellableMeter:
         self.inner.advance(nbytes)
 
 
+def _space_check(ctx: ExecContext, type_: str, final: Path) -> Callable[[int], None]:
+    """The disk-space check of one resource's download (see :mod:`.space`): ``n`` bytes still to come go to
+    the cache; an archive's unpacked tree (estimated) too; a copy of either to the location unless it is
+    hardlinked there (same filesystem, and links allowed)."""
+
+    def reserve(n: int) -> None:
+        installed = n * ARCHIVE_ESTIMATE if type_ == "archive" else n
+        needs = [(ctx.cache.tmp, n + (installed if type_ == "archive" else 0))]
+        if not ctx.obtain_only and (ctx.link_mode == "copy" or not same_filesystem(ctx.cache.root, final.parent)):
+            needs.append((final.parent, installed))
+        check_space(needs, "this download" if type_ != "archive" else "this archive and its unpacked files")
+
+    return reserve
+
+
 def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outcome:
     w, exp = action.wanted, action.expect
     assert w is not None and exp is not None
@@ -137,7 +154,7 @@ def _install(action: Action, ctx: ExecContext, cancel: threading.Event) -> Outco
     req = Request(what=task, name=w.name, url=w.url, type=w.type, path_in_archive=w.path_in_archive,
                   expected_sha256=exp.sha256, expected_installed=exp.installed, size=w.size)
     fetcher = Fetcher(ctx.mirrors, ctx.base_dir, ctx.offline, _CancellableMeter(TaskMeter(progress, task), cancel),
-                      ctx.net, ctx.limits, ctx.registry, ctx.flights)
+                      ctx.net, ctx.limits, ctx.registry, ctx.flights, _space_check(ctx, w.type, final))
     got = obtain(req, ctx.cache, fetcher)
     # Served from the cache, nothing was fetched: keep what the lock knew about the origin.
     locked = exp.locked

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import re
 import time
@@ -37,11 +38,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from .. import failpoints
 from ..atomic import temp_name
 from .credentials import Credentials, user_allows_http
+from .partial import Partial, PartialStore, ResumeState
 from ..urls import redact, strip_userinfo
 from ..digest import stream_hasher
 from ..progress import Meter
@@ -56,6 +59,7 @@ RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
 LOW_SPEED = 1024  # bytes/s: a body slower than this over a read_timeout-long window is a stall
+CHECKPOINT_SECONDS = 2.0  # a resumable download records its progress (flushed to disk) this often
 
 
 _COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit() accepts '²'), below 2**63
@@ -74,6 +78,7 @@ class NetConfig:
     max_retry_time: float = 300.0  # no attempt starts after this many seconds (see fetch())
     connect_timeout: float = 15.0
     read_timeout: float = 60.0  # per read, and the low-speed window (see fetch())
+    keep_partial_days: float = 7.0  # an interrupted download is resumed for this long (see partial.py)
     allow_http: frozenset[str] = frozenset()  # hosts an https URL may redirect to over plain http
     credentials: Credentials = field(default_factory=Credentials)
 
@@ -236,9 +241,12 @@ class _SpeedFloor:
 class _Download:
     """One HTTP download into ``dest``: state kept across attempts for resuming."""
 
-    def __init__(self, url: str, dest: Path, net: NetConfig, meter: Meter | None, expected: str | None):
+    def __init__(self, url: str, dest: Path, net: NetConfig, meter: Meter | None, expected: str | None,
+                 partial: Partial | None = None, reserve: Callable[[int], None] | None = None):
         self.url, self.dest, self.net = url, dest, net
         self.meter, self.expected = meter, expected
+        self.partial = partial  # kept across processes (see :mod:`.partial`): resumed from, and recorded in
+        self.reserve = reserve  # called with the bytes still to come once they are known (a disk-space check)
         self.hash = None  # chosen by size once the first response tells it (digest.stream_hasher)
         self.size = 0
         self.total: int | None = None  # the whole file's length, from the response our bytes came from
@@ -249,6 +257,56 @@ class _Download:
         self.final_url = url
         self.digest: str | None = None
         self.deadline = float("inf")
+        self.resumed = 0  # bytes taken over from an earlier process
+        self.checkpoint = 0.0  # when the partial's record was last written
+        if partial is not None and partial.state is not None:
+            self._resume(partial.state)
+
+    # -- across processes --------------------------------------------------------------------------
+    def _resume(self, state: ResumeState) -> None:
+        """Take over the bytes an earlier process recorded: hash them (they are still read back from the
+        page cache, usually) and ask the server only for the rest, guarded by the same validator."""
+        self.size = self.resumed = state.size
+        self.total, self.etag, self.last_modified = state.total, state.etag, state.last_modified
+        self.date_validator = state.date_validator
+        self.hash = stream_hasher(self.total)
+        try:
+            with open(self.dest, "rb", buffering=0) as fin:
+                while chunk := fin.read(CHUNK):
+                    self.hash.update(chunk)
+        except OSError as err:
+            raise filesystem_error(err, self.dest, "read") from None
+        log.info("resuming %s after %d bytes an earlier run fetched", redact(self.url), self.size)
+        if self.meter:
+            self.meter.total(self.total)
+            self.meter.advance(self.size)
+
+    def _record(self, fd: int | None) -> None:
+        """Write the partial's state (the data flushed first): what an ended process leaves to resume from."""
+        self.checkpoint = time.monotonic()
+        if self.partial is None or not self.size or self._if_range() is None:
+            return
+        try:
+            self.partial.save(ResumeState(self.url, self.size, self.total, self.etag, self.last_modified,
+                                          self.date_validator), fd)
+        except OSError as err:
+            log.info("could not record the progress of %s (%s): an interrupted download restarts from zero",
+                     redact(self.url), err.strerror or err)
+
+    def keep_for_resume(self) -> bool:
+        """After a failure or an interruption: record what a later run resumes from; False when nothing
+        could be resumed (no bytes, or no strong validator to guard them)."""
+        if self.partial is None or not self.size or self._if_range() is None:
+            return False
+        try:
+            fd = os.open(self.dest, os.O_WRONLY)
+        except OSError:
+            return False
+        try:
+            self._record(fd)
+        finally:
+            os.close(fd)
+        return self.partial.state is not None and self.partial.state.size == self.size
 
     # -- state ---------------------------------------------------------------------------------
     def _restart(self) -> None:
@@ -261,6 +319,12 @@ class _Download:
         self.total = None
         self.etag = self.last_modified = None
         self.date_validator = False
+        self.resumed = 0
+        if self.partial is not None:
+            try:
+                self.partial.reset()
+            except OSError as err:
+                raise filesystem_error(err, self.partial.directory, "write") from None
         try:
             with open(self.dest, "wb"):
                 pass
@@ -396,6 +460,8 @@ class _Download:
                 self.meter.total(self.total)
         if self.hash is None:
             self.hash = stream_hasher(self.total)
+        if self.reserve is not None and self.total is not None:
+            self.reserve(self.total - self.size)  # before the body: a disk too small fails now, not when full
         self._stream(resp)
         if self.total is not None and self.size != self.total:
             if self.size < self.total:
@@ -485,6 +551,8 @@ class _Download:
                     self.meter.advance(len(chunk))
                 failpoints.hit("download")
                 floor.check(len(chunk))
+                if self.partial is not None and time.monotonic() - self.checkpoint >= CHECKPOINT_SECONDS:
+                    self._record(None)  # renewed cheaply: trusted within this boot (see partial.py)
 
     def _close_hash(self) -> None:
         if self.hash is not None:
@@ -625,11 +693,17 @@ def _check_plausible(path: Path, declared_size: int | None, what: str) -> None:
 
 def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, base_dir: Path = Path("."),
           expected_sha256: str | None = None, meter: Meter | None = None, what: str = "",
-          net: NetConfig | None = None, declared_size: int | None = None) -> Fetched:
+          net: NetConfig | None = None, declared_size: int | None = None, partials: PartialStore | None = None,
+          reserve: Callable[[int], None] | None = None) -> Fetched:
     """Download ``url`` into a temp file in ``directory`` while hashing; verify; return it.
 
     Without ``expected_sha256``, a body that came without ``Content-Length`` must be plausible as a
     model (``declared_size``: the resource entry's size, a hint) or the download fails (exit 3).
+
+    With ``partials``, a download that stops before it is complete is kept there for a later process
+    to resume, and one an ended process left is resumed (:mod:`.partial`); resumed bytes that do not
+    verify are fetched once more from the server. ``reserve`` is called with the bytes still to come
+    as soon as the response says how many (a disk-space check that may raise).
 
     Raises NetworkError, ChecksumMismatch, InstallError (an OS error writing ``directory``, via
     :func:`errors.filesystem_error`) or UserInputError (a missing local file, a malformed URL).
@@ -669,7 +743,32 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
         except ValueError as err:
             raise UserInputError(f"{what or 'a download'}: the URL is malformed ({err}); fix it in models.toml "
                                  "(or the mirror setting).") from None
-    dest = temp_name(directory, what or Path(urlsplit(url).path).name)
+    for fresh in (False, True):
+        try:
+            return _fetch_once(url, directory, src, mirrors or {}, expected_sha256, meter, what, net, declared_size,
+                               partials if src is None else None, reserve, fresh)
+        except _ResumedWrong:
+            continue  # bytes resumed from an earlier run did not verify: once more, all from the server
+    raise AssertionError("unreachable")
+
+
+class _ResumedWrong(Exception):
+    """A download that resumed an earlier run's bytes ended with another digest than expected."""
+
+
+def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, str], expected_sha256: str | None,
+                meter: Meter | None, what: str, net: NetConfig, declared_size: int | None,
+                partials: PartialStore | None, reserve: Callable[[int], None] | None, fresh: bool) -> Fetched:
+    mirrored = apply_mirrors(url, mirrors)
+    try:
+        partial = partials.claim(mirrored, expected_sha256) if partials is not None else None
+        if partial is not None and fresh:
+            partial.discard()
+            partial = partials.claim(mirrored, expected_sha256)
+    except OSError as err:
+        raise filesystem_error(err, partials.root, "write") from None
+    dest = partial.data if partial is not None else temp_name(directory, what or Path(urlsplit(url).path).name)
+    download: _Download | None = None
     try:
         if src is not None:
             if not src.is_file():
@@ -683,14 +782,28 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
                 dest.touch()
             except OSError as err:
                 raise filesystem_error(err, directory, "write") from None
-            download = _Download(apply_mirrors(url, mirrors or {}), dest, net, meter, expected_sha256)
+            download = _Download(mirrored, dest, net, meter, expected_sha256, partial, reserve)
             sha, size, final = download.run()
-            final = redact(unmirror(final, url, mirrors or {}))
+            final = redact(unmirror(final, url, mirrors))
             if expected_sha256 is None and download.total is None:
                 _check_plausible(dest, declared_size, what or redact(url))
         failpoints.hit("hashed")
+        if download is not None and download.resumed and expected_sha256 not in (None, sha):
+            raise _ResumedWrong()
         _check(expected_sha256, sha, what or redact(url), dest, url)
+        if partial is not None:  # verified: out of the partials, to a temp name the caller moves on
+            done = temp_name(directory, what or Path(urlsplit(url).path).name)
+            os.replace(dest, done)
+            partial.discard()
+            dest = done
         return Fetched(dest, sha, size, final)
-    except BaseException:
-        dest.unlink(missing_ok=True)
+    except BaseException as err:
+        kept = (partial is not None and download is not None and not isinstance(err, (ChecksumMismatch, _ResumedWrong))
+                and download.keep_for_resume())
+        if partial is not None and not kept:
+            partial.discard()
+        elif partial is not None:
+            partial.release()
+        else:
+            dest.unlink(missing_ok=True)
         raise

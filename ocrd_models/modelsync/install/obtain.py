@@ -28,6 +28,7 @@ from ..digest import FileHasher, StatSig, current_sigs, digest_path
 from ..errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputError, filesystem_error
 from .. import failpoints
 from .fetch import Fetched, NetConfig, apply_mirrors, fetch, local_source
+from .partial import PartialStore
 from .unpack import Limits, extract, select
 from ..progress import Meter
 
@@ -123,6 +124,7 @@ class Fetcher:
     limits: Limits = field(default_factory=Limits)
     registry: ArtifactSource | None = None  # fetch locked artifacts by digest from an OCI registry first
     flights: Flights | None = None  # shared by the workers of one run: one download per artifact
+    reserve: Callable[[int], None] | None = None  # a disk-space check for a download's remaining bytes
 
 
 def obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
@@ -157,7 +159,8 @@ def _obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int
             raise f.registry.refuse(req.what, req.url, req.expected_sha256)
     try:
         got = fetch(req.url, cache.tmp, mirrors=f.mirrors, base_dir=f.base_dir, expected_sha256=req.expected_sha256,
-                    meter=f.meter, what=req.what, net=f.net, declared_size=req.size)
+                    meter=f.meter, what=req.what, net=f.net, declared_size=req.size, reserve=f.reserve,
+                    partials=PartialStore(cache.partial_dir, f.net.keep_partial_days * 86400))
     except ChecksumMismatch as err:
         raise err.with_hint(ORIGIN_CHANGED) from None
     path = cache.add_blob(got.path, got.sha256)

@@ -46,6 +46,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from .. import failpoints
+from .space import check_space
 from ..digest import CHUNK, FileHasher, walk_tree
 from ..errors import ModelsyncError, UnsafeArchive, filesystem_error
 
@@ -548,6 +549,8 @@ def _extract_zip(path: Path, dest: Path, label: str, limits: Limits, hasher: Fil
             # The central directory is read whole anyway: refuse what it declares before writing.
             limits.exceeded(label, infos[-1].filename if infos else "", len(infos),
                             sum(i.file_size for i in infos))
+            # ... and what does not fit on the disk (declared sizes can lie: a full disk still fails the write).
+            check_space([(dest, sum(i.file_size for i in infos))], f"unpacking {label}")
             for info in infos:
                 try:
                     _zip_member(zf, info, tree)

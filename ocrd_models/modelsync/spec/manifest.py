@@ -173,6 +173,7 @@ class NetworkSettings(BaseModel):
     max_retry_time: float = Field(default=300.0, ge=0)
     connect_timeout: float = Field(default=15.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
+    keep_partial_days: float = Field(default=7.0, ge=0)  # how long an interrupted download is resumed
 
 
 class Settings(BaseModel):

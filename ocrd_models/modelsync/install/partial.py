@@ -1,0 +1,200 @@
+"""Downloads kept across processes, so that a large model is never fetched twice from byte 0.
+
+A download that stops before it is complete (its retries used up, Ctrl-C, SIGKILL, a reboot)
+leaves its bytes and a small state record in the cache, under ``partial/<key>.<pid>/`` (``data``
+and ``state.json``): the URL as fetched, the server's validator (a strong ``ETag``, or a
+``Last-Modified`` the server's clock vouches for), the file's total size and how many bytes are on
+disk. The next download of the same URL (and expected digest) in any process claims it and asks
+only for the rest, with ``If-Range``: a server whose file changed answers with the whole new file,
+so old and new bytes are never mixed, and the final SHA-256 check still decides.
+
+Ownership needs no lock (flock does nothing on NFS): the owner's pid is part of the directory's
+name; a process claims a partial whose owner is gone by renaming it to its own pid, which only one
+claimant can do. A partial of a live process is left alone (that download goes on there, and this
+one starts afresh in a private file). While a download runs its record is renewed every few
+seconds without flushing the data (which would slow every large download down): those records are
+trusted only within the same boot, since a killed process's bytes are safe in the page cache but a
+power loss may take them back. The record written when a download stops (a failure, Ctrl-C) comes
+after the data was flushed to disk, and survives a reboot.
+Partials older than ``max_age`` seconds, without a state record, or of another validator are
+discarded; ``cache prune`` removes abandoned ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+from ..atomic import remove_path, write_text_atomic
+
+DEFAULT_MAX_AGE = 7 * 86400.0  # seconds a partial download is kept for a resume
+_active: set[Path] = set()  # partials a download of this process is writing now
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What a resume needs: the bytes on disk and what guards them."""
+
+    url: str  # as requested (after mirrors, before redirects)
+    size: int  # bytes of ``data`` flushed to disk and known good
+    total: int | None  # the whole file's length
+    etag: str | None
+    last_modified: str | None
+    date_validator: bool  # Last-Modified is strong: the response's Date was at least 1 s later
+    boot: str = ""  # the boot the record was written in
+    durable: bool = False  # the data was flushed to disk before the record: it survives a reboot
+
+
+class Partial:
+    """A partial download owned by this process: its ``data`` file and the ``state`` it resumes from."""
+
+    def __init__(self, directory: Path, state: ResumeState | None):
+        self.directory = directory
+        self.state = state  # None: nothing to resume, ``data`` is empty
+
+    @property
+    def data(self) -> Path:
+        """The file the download writes to (at byte offsets; its first ``state.size`` bytes are kept)."""
+        return self.directory / "data"
+
+    def save(self, state: ResumeState, fd: int | None = None) -> None:
+        """Record ``state``. With ``fd`` (the open data file) the data is flushed to disk first and the record
+        holds across a reboot; without, only within this boot (see the module docstring)."""
+        if fd is not None:
+            os.fdatasync(fd)
+        state = replace(state, boot=boot_id(), durable=fd is not None)
+        write_text_atomic(self.directory / "state.json", json.dumps(asdict(state)), durable=fd is not None)
+        self.state = state
+
+    def reset(self) -> None:
+        """The bytes are being replaced from byte 0: the record no longer describes them."""
+        (self.directory / "state.json").unlink(missing_ok=True)
+        self.state = None
+
+    def release(self) -> None:
+        """This process is done with it (kept for a later resume, or gone)."""
+        with _lock:
+            _active.discard(self.directory)
+
+    def discard(self) -> None:
+        """Forget it: nothing of it is resumed."""
+        try:
+            remove_path(self.directory)
+        finally:
+            self.release()
+
+
+class PartialStore:
+    """The partial downloads under ``root`` (``<cache>/partial``)."""
+
+    def __init__(self, root: Path, max_age: float = DEFAULT_MAX_AGE):
+        self.root, self.max_age = root, max_age
+
+    @staticmethod
+    def key(url: str, expected_sha256: str | None) -> str:
+        """Partials are kept per URL and expected digest (a pin that changed never resumes old bytes)."""
+        return hashlib.sha256(f"{url}\0{expected_sha256 or ''}".encode()).hexdigest()[:32]
+
+    def claim(self, url: str, expected_sha256: str | None) -> Partial | None:
+        """This process's partial for ``url``: one an ended download left (to resume), else a new empty one.
+        None when another live process (or thread) is downloading it now: the caller uses a private file."""
+        key = self.key(url, expected_sha256)
+        mine = self.root / f"{key}.{os.getpid()}"
+        with _lock:
+            if mine in _active:
+                return None
+            partial = self._take(key, mine, url)
+            if partial is not None:
+                _active.add(mine)
+            return partial
+
+    def _take(self, key: str, mine: Path, url: str) -> Partial | None:
+        busy = False
+        # Ours first: an ended download of this process (or of an earlier one that had our pid).
+        for found in [mine] + sorted(p for p in self.root.glob(f"{key}.*") if p != mine):
+            owner = _owner(found.name)
+            if owner is None or found.is_symlink():
+                continue  # not ours: a link is never followed (what it points to is not the cache's)
+            if found != mine:
+                if _alive(owner):
+                    busy = True
+                    continue
+                try:
+                    os.rename(found, mine)  # atomic: of two claimants, one wins and the other finds nothing
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    return None  # ours is there and could not be replaced: download privately
+            elif not mine.exists():
+                continue
+            state = self._usable(mine, url)
+            if state is not None:
+                return Partial(mine, state)
+            remove_path(mine)
+        if busy:
+            return None
+        mine.mkdir(parents=True)
+        (mine / "data").touch()
+        return Partial(mine, None)
+
+    def _usable(self, directory: Path, url: str) -> ResumeState | None:
+        """The claimed partial's state, its data cut to the recorded size; None if it cannot be resumed."""
+        record, data = directory / "state.json", directory / "data"
+        try:
+            if not (stat.S_ISDIR(os.lstat(directory).st_mode) and stat.S_ISREG(os.lstat(record).st_mode)
+                    and stat.S_ISREG(os.lstat(data).st_mode)):
+                return None  # only real files are read or cut, never through a link
+            if time.time() - os.lstat(record).st_mtime > self.max_age:
+                return None
+            state = ResumeState(**json.loads(record.read_text(encoding="utf-8")))
+            if state.url != url or state.size <= 0 or not (state.etag or state.date_validator):
+                return None
+            if not state.durable and (not state.boot or state.boot != boot_id()):
+                return None  # written without a flush, before a reboot: the bytes may not be there
+            if os.lstat(data).st_size < state.size:
+                return None
+            os.truncate(data, state.size)  # bytes after the record may not have reached the disk
+        except (OSError, ValueError, TypeError):
+            return None
+        return state
+
+    def abandoned(self) -> list[Path]:
+        """Partials whose owner process is gone (what ``cache prune`` removes)."""
+        if not self.root.is_dir():
+            return []
+        return [p for p in sorted(self.root.iterdir())
+                if not p.is_symlink() and (_owner(p.name) is None or not _alive(_owner(p.name)))]
+
+
+def _owner(name: str) -> int | None:
+    head, _, pid = name.rpartition(".")
+    return int(pid) if head and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OSError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def boot_id() -> str:
+    """This boot's id (Linux); empty elsewhere, where a record counts only if it was flushed."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""

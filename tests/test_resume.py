@@ -1,0 +1,270 @@
+"""Large downloads across processes and full disks: an interrupted download is resumed by the next
+run (only the missing bytes are asked for, guarded by the validator), and a download that cannot fit
+fails before it writes, naming the filesystem. Real processes, a real server on 127.0.0.1, a real
+tmpfs for the disk-space cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import Model, sha256
+from httpserver import Fault, FileServer
+
+MiB = 1 << 20
+PROC = "ocrd-kraken-recognize"
+NAME = "big.mlmodel"
+MODELSYNC = str(Path(os.sys.executable).parent / "modelsync")
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(sandbox, monkeypatch):
+    monkeypatch.setenv("MODELSYNC_BACKOFF", "0.05")
+    monkeypatch.setenv("MODELSYNC_READ_TIMEOUT", "2")
+
+
+def _installed(sandbox) -> bytes | None:
+    path = sandbox.data_dir(PROC) / NAME
+    return path.read_bytes() if path.exists() else None
+
+
+def _killed_sync(sandbox, at_chunk: int) -> subprocess.CompletedProcess:
+    """``modelsync sync`` in a new process, SIGKILLed after the ``at_chunk``-th write of the download."""
+    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": f"download={at_chunk}"}
+    return subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _partials(sandbox) -> list[Path]:
+    root = sandbox.cache / "ocrd-modelsync" / "partial"
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def _ranges(server: FileServer, path: str) -> list[str | None]:
+    return [h.get("Range") for p, h in server.headers_seen if p == path]
+
+
+def test_a_download_killed_midway_is_resumed_by_the_next_process(sandbox, server):
+    blob = os.urandom(8 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 2 * MiB  # a few seconds: the first process records its progress before it is killed
+    sandbox.declare(Model(NAME, url), processor=PROC)
+    first = _killed_sync(sandbox, at_chunk=3)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    assert _installed(sandbox) is None
+    [kept] = _partials(sandbox)
+    state = json.loads((kept / "state.json").read_text())
+    assert 0 < state["size"] < len(blob) and state["total"] == len(blob) and state["etag"]
+    assert not state["durable"]  # renewed while downloading, not flushed: trusted within this boot only
+
+    server.rate = None
+    server.headers_seen.clear()
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    # The second process asked only for what was missing, guarded by the first response's validator.
+    [seen] = [h for p, h in server.headers_seen if p == "/big"]
+    assert seen.get("Range") == f"bytes={state['size']}-"
+    assert seen.get("If-Range") == state["etag"]
+    lock = tomllib.loads((sandbox.project / "models.lock").read_text())
+    assert lock["resource"][0]["sha256"] == sha256(blob)
+    assert _partials(sandbox) == []  # consumed: moved into the cache
+    assert list(sandbox.root.rglob(".modelsync-tmp-*")) == []
+
+
+def test_a_resume_after_the_file_changed_on_the_server_takes_the_new_file_whole(sandbox, server):
+    old, new = os.urandom(6 * MiB), os.urandom(6 * MiB)
+    url = server.add("/big", old)
+    server.rate = 2 * MiB
+    sandbox.declare(Model(NAME, url), processor=PROC)
+    assert _killed_sync(sandbox, at_chunk=2).returncode == -signal.SIGKILL
+    assert len(_partials(sandbox)) == 1
+    server.files["/big"] = new  # another ETag: If-Range makes the server send all of it
+    server.rate = None
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == new  # never old bytes followed by new ones
+    assert tomllib.loads((sandbox.project / "models.lock").read_text())["resource"][0]["sha256"] == sha256(new)
+
+
+def test_resumed_bytes_that_do_not_verify_are_fetched_again_whole(sandbox, server):
+    # A pinned model whose partial was damaged on disk (or by a server that ignores its own ETag): the
+    # digest decides, and the run fetches everything once more instead of failing.
+    blob = os.urandom(4 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 2 * MiB
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC)
+    assert _killed_sync(sandbox, at_chunk=2).returncode == -signal.SIGKILL
+    [kept] = _partials(sandbox)
+    with open(kept / "data", "r+b") as f:
+        f.write(b"\0" * 1000)  # damage the start of what will be resumed
+    server.rate = None
+    server.headers_seen.clear()
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    assert _ranges(server, "/big")[0] is not None and _ranges(server, "/big")[-1] is None  # resumed, then whole
+
+
+def test_a_failed_download_keeps_its_bytes_durably_for_the_next_run(sandbox, server, monkeypatch):
+    blob = os.urandom(3 * MiB)
+    url = server.add("/big", blob)
+    # Every attempt breaks after 1 MiB: the run fails (exit 3) with its retries used up.
+    server.faults["/big"] = Fault(reset_at=MiB, times=2)
+    monkeypatch.setenv("MODELSYNC_RETRIES", "1")
+    sandbox.declare(Model(NAME, url), processor=PROC)
+    r = sandbox.run("sync")
+    assert r.code == 3, r.err
+    [kept] = _partials(sandbox)
+    state = json.loads((kept / "state.json").read_text())
+    assert state["durable"] and state["size"] == (kept / "data").stat().st_size >= MiB
+    server.headers_seen.clear()
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    assert _ranges(server, "/big") == [f"bytes={state['size']}-"]
+
+
+def test_a_partial_of_a_live_process_is_left_alone(sandbox, server):
+    from ocrd_models.modelsync.install.partial import PartialStore
+
+    store = PartialStore(sandbox.root / "partials")
+    url = server.add("/big", b"x" * 10)
+    theirs = store.root / f"{store.key(url, None)}.1"  # pid 1 is always alive
+    theirs.mkdir(parents=True)
+    (theirs / "data").write_bytes(b"x" * 5)
+    assert store.claim(url, None) is None  # the caller downloads privately
+    assert (theirs / "data").read_bytes() == b"x" * 5
+    assert store.abandoned() == []
+
+
+def test_records_without_a_flush_are_not_trusted_after_a_reboot(sandbox, server):
+    from ocrd_models.modelsync.install.partial import PartialStore, ResumeState
+
+    store = PartialStore(sandbox.root / "partials")
+    url = server.add("/big", b"y" * 100)
+    mine = store.claim(url, None)
+    mine.data.write_bytes(b"y" * 50)
+    state = ResumeState(url, 50, 100, '"e"', None, False)
+    mine.save(state)  # not flushed: written in this boot
+    record = mine.directory / "state.json"
+    doc = json.loads(record.read_text())
+    record.write_text(json.dumps({**doc, "boot": "another-boot"}))
+    dead = mine.directory.with_name(mine.directory.name.rpartition(".")[0] + ".999999999")
+    mine.release()
+    os.rename(mine.directory, dead)  # as left by a process that is gone
+    again = store.claim(url, None)
+    assert again is not None and again.state is None  # started afresh
+    assert again.data.stat().st_size == 0
+
+
+def test_cache_prune_removes_abandoned_partials(sandbox, server):
+    blob = os.urandom(4 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 2 * MiB
+    sandbox.declare(Model(NAME, url), processor=PROC)
+    assert _killed_sync(sandbox, at_chunk=2).returncode == -signal.SIGKILL
+    assert len(_partials(sandbox)) == 1
+    r = sandbox.run("cache", "prune", "--json")
+    assert r.code == 0, r.err
+    removed = json.loads(r.out)["removed"]
+    assert [e["kind"] for e in removed] == ["partial"] and removed[0]["bytes"] > 0
+    assert _partials(sandbox) == []
+
+
+# -- disk space -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(sandbox):
+    """A 4 MiB tmpfs as the cache (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
+    mnt = sandbox.root / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_download_larger_than_the_free_space_fails_before_writing(sandbox, server, small_disk):
+    blob = os.urandom(6 * MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url), processor=PROC, settings=f'cache_dir = "{small_disk}"')
+    r = sandbox.run("sync")
+    assert r.code == 8, r.err
+    assert "not enough space" in r.err and str(small_disk) in r.err
+    assert f"{len(blob)} bytes" in r.err  # the bytes needed, and the bytes free, are named
+    used = sum(p.stat().st_size for p in small_disk.rglob("*") if p.is_file())
+    assert used < 64 * 1024  # nothing of the download was written
+    assert _installed(sandbox) is None and not (sandbox.project / "models.lock").exists()
+    # More space, and the next sync converges.
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+
+
+def test_a_disk_that_fills_during_the_download_keeps_nothing_partial_at_the_target(sandbox, small_disk):
+    # The server announces no length (no check is possible before): the write hits ENOSPC midway.
+    server = FileServer().start()
+    try:
+        blob = os.urandom(6 * MiB)
+        url = server.add("/big", blob)
+        server.faults["/big"] = Fault(no_length=True)
+        sandbox.declare(Model(NAME, url), processor=PROC, settings=f'cache_dir = "{small_disk}"')
+        r = sandbox.run("sync")
+        assert r.code == 8, r.err
+        assert str(small_disk) in r.err and "full" in r.err
+        assert _installed(sandbox) is None
+        assert list(small_disk.rglob(".modelsync-tmp-*")) == []
+    finally:
+        server.stop()
+
+
+def test_a_copy_into_a_location_too_small_fails_before_the_download(sandbox, server, small_disk):
+    # The cache has room; the location (another filesystem, so the install is a copy) has not.
+    blob = os.urandom(6 * MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url, location=str(small_disk)), processor=PROC)
+    r = sandbox.run("sync")
+    assert r.code == 8, r.err
+    assert f"mounted at {small_disk}" in r.err and f"({len(blob)} bytes)" in r.err
+    assert not any(small_disk.rglob("*")) and _installed(sandbox) is None
+    cache = sandbox.cache / "ocrd-modelsync"
+    assert sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) < 64 * 1024  # not fetched either
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert (small_disk / NAME).read_bytes() == blob
+
+
+def test_a_link_planted_among_the_partials_is_never_followed(sandbox, server, tmp_path):
+    from ocrd_models.modelsync.install.partial import PartialStore
+
+    store = PartialStore(sandbox.root / "partials")
+    url = server.add("/big", b"z" * 10)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data").write_bytes(b"precious" * 100)
+    (outside / "state.json").write_text(json.dumps({"url": url, "size": 8, "total": 10, "etag": '"e"',
+                                                    "last_modified": None, "date_validator": False,
+                                                    "boot": "", "durable": True}))
+    store.root.mkdir()
+    (store.root / f"{store.key(url, None)}.999999999").symlink_to(outside)  # "left by a dead process"
+    inner = store.root / f"{store.key(url, None)}.999999998"
+    inner.mkdir()
+    (inner / "data").symlink_to(outside / "data")
+    (inner / "state.json").write_text((outside / "state.json").read_text())
+    mine = store.claim(url, None)
+    assert mine is not None and mine.state is None  # nothing resumed through a link
+    assert (outside / "data").read_bytes() == b"precious" * 100  # not cut, not moved
+    assert (store.root / f"{store.key(url, None)}.999999999").is_symlink()
