@@ -242,10 +242,12 @@ class _Download:
     """One HTTP download into ``dest``: state kept across attempts for resuming."""
 
     def __init__(self, url: str, dest: Path, net: NetConfig, meter: Meter | None, expected: str | None,
-                 partial: Partial | None = None, reserve: Callable[[int], None] | None = None):
+                 partial: Partial | None = None, reserve: Callable[[int], None] | None = None,
+                 partials: PartialStore | None = None):
         self.url, self.dest, self.net = url, dest, net
         self.meter, self.expected = meter, expected
         self.partial = partial  # kept across processes (see :mod:`.partial`): resumed from, and recorded in
+        self.partials = partials  # where a download that runs long enough (or stops) is kept for a resume
         self.reserve = reserve  # called with the bytes still to come once they are known (a disk-space check)
         self.hash = None  # chosen by size once the first response tells it (digest.stream_hasher)
         self.size = 0
@@ -258,7 +260,9 @@ class _Download:
         self.digest: str | None = None
         self.deadline = float("inf")
         self.resumed = 0  # bytes taken over from an earlier process
-        self.checkpoint = 0.0  # when the partial's record was last written
+        # When the partial's record was last written: a download is kept for a resume only once it has run
+        # this long (or when it stops), so that many small downloads pay nothing for it.
+        self.checkpoint = time.monotonic()
         if partial is not None and partial.state is not None:
             self._resume(partial.state)
 
@@ -284,9 +288,14 @@ class _Download:
     def _record(self, fd: int | None) -> None:
         """Write the partial's state (the data flushed first): what an ended process leaves to resume from."""
         self.checkpoint = time.monotonic()
-        if self.partial is None or not self.size or self._if_range() is None:
+        if not self.size or self._if_range() is None:
             return
         try:
+            if self.partial is None:
+                self.partial = self.partials.adopt(self.dest, self.url, self.expected) if self.partials else None
+                if self.partial is None:
+                    return
+                self.dest = self.partial.data
             self.partial.save(ResumeState(self.url, self.size, self.total, self.etag, self.last_modified,
                                           self.date_validator), fd)
         except OSError as err:
@@ -296,7 +305,7 @@ class _Download:
     def keep_for_resume(self) -> bool:
         """After a failure or an interruption: record what a later run resumes from; False when nothing
         could be resumed (no bytes, or no strong validator to guard them)."""
-        if self.partial is None or not self.size or self._if_range() is None:
+        if (self.partial is None and self.partials is None) or not self.size or self._if_range() is None:
             return False
         try:
             fd = os.open(self.dest, os.O_WRONLY)
@@ -306,7 +315,7 @@ class _Download:
             self._record(fd)
         finally:
             os.close(fd)
-        return self.partial.state is not None and self.partial.state.size == self.size
+        return self.partial is not None and self.partial.state is not None and self.partial.state.size == self.size
 
     # -- state ---------------------------------------------------------------------------------
     def _restart(self) -> None:
@@ -551,7 +560,7 @@ class _Download:
                     self.meter.advance(len(chunk))
                 failpoints.hit("download")
                 floor.check(len(chunk))
-                if self.partial is not None and time.monotonic() - self.checkpoint >= CHECKPOINT_SECONDS:
+                if self.partials is not None and time.monotonic() - self.checkpoint >= CHECKPOINT_SECONDS:
                     self._record(None)  # renewed cheaply: trusted within this boot (see partial.py)
 
     def _close_hash(self) -> None:
@@ -743,10 +752,10 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
         except ValueError as err:
             raise UserInputError(f"{what or 'a download'}: the URL is malformed ({err}); fix it in models.toml "
                                  "(or the mirror setting).") from None
-    for fresh in (False, True):
+    for _ in range(2):
         try:
             return _fetch_once(url, directory, src, mirrors or {}, expected_sha256, meter, what, net, declared_size,
-                               partials if src is None else None, reserve, fresh)
+                               partials if src is None else None, reserve)
         except _ResumedWrong:
             continue  # bytes resumed from an earlier run did not verify: once more, all from the server
     raise AssertionError("unreachable")
@@ -758,13 +767,10 @@ class _ResumedWrong(Exception):
 
 def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, str], expected_sha256: str | None,
                 meter: Meter | None, what: str, net: NetConfig, declared_size: int | None,
-                partials: PartialStore | None, reserve: Callable[[int], None] | None, fresh: bool) -> Fetched:
+                partials: PartialStore | None, reserve: Callable[[int], None] | None) -> Fetched:
     mirrored = apply_mirrors(url, mirrors)
     try:
-        partial = partials.claim(mirrored, expected_sha256) if partials is not None else None
-        if partial is not None and fresh:
-            partial.discard()
-            partial = partials.claim(mirrored, expected_sha256)
+        partial = partials.resume(mirrored, expected_sha256) if partials is not None else None
     except OSError as err:
         raise filesystem_error(err, partials.root, "write") from None
     dest = partial.data if partial is not None else temp_name(directory, what or Path(urlsplit(url).path).name)
@@ -782,7 +788,7 @@ def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, 
                 dest.touch()
             except OSError as err:
                 raise filesystem_error(err, directory, "write") from None
-            download = _Download(mirrored, dest, net, meter, expected_sha256, partial, reserve)
+            download = _Download(mirrored, dest, net, meter, expected_sha256, partial, reserve, partials)
             sha, size, final = download.run()
             final = redact(unmirror(final, url, mirrors))
             if expected_sha256 is None and download.total is None:
@@ -791,19 +797,21 @@ def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, 
         if download is not None and download.resumed and expected_sha256 not in (None, sha):
             raise _ResumedWrong()
         _check(expected_sha256, sha, what or redact(url), dest, url)
+        partial = download.partial if download is not None else None
         if partial is not None:  # verified: out of the partials, to a temp name the caller moves on
             done = temp_name(directory, what or Path(urlsplit(url).path).name)
-            os.replace(dest, done)
+            os.replace(partial.data, done)
             partial.discard()
             dest = done
         return Fetched(dest, sha, size, final)
     except BaseException as err:
-        kept = (partial is not None and download is not None and not isinstance(err, (ChecksumMismatch, _ResumedWrong))
+        kept = (download is not None and not isinstance(err, (ChecksumMismatch, _ResumedWrong))
                 and download.keep_for_resume())
-        if partial is not None and not kept:
-            partial.discard()
-        elif partial is not None:
+        partial = download.partial if download is not None else partial
+        if partial is None:
+            dest.unlink(missing_ok=True)
+        elif kept:
             partial.release()
         else:
-            dest.unlink(missing_ok=True)
+            partial.discard()
         raise

@@ -11,8 +11,10 @@ so old and new bytes are never mixed, and the final SHA-256 check still decides.
 Ownership needs no lock (flock does nothing on NFS): the owner's pid is part of the directory's
 name; a process claims a partial whose owner is gone by renaming it to its own pid, which only one
 claimant can do. A partial of a live process is left alone (that download goes on there, and this
-one starts afresh in a private file). While a download runs its record is renewed every few
-seconds without flushing the data (which would slow every large download down): those records are
+one starts afresh in a private file). A download moves into a partial once it has run for a few
+seconds (quick ones never do: many small models pay nothing), or when it stops. While it runs its
+record is renewed every few seconds without flushing the data (which would slow every large
+download down): those records are
 trusted only within the same boot, since a killed process's bytes are safe in the page cache but a
 power loss may take them back. The record written when a download stops (a failure, Ctrl-C) comes
 after the data was flushed to disk, and survives a reboot.
@@ -103,47 +105,54 @@ class PartialStore:
         """Partials are kept per URL and expected digest (a pin that changed never resumes old bytes)."""
         return hashlib.sha256(f"{url}\0{expected_sha256 or ''}".encode()).hexdigest()[:32]
 
-    def claim(self, url: str, expected_sha256: str | None) -> Partial | None:
-        """This process's partial for ``url``: one an ended download left (to resume), else a new empty one.
-        None when another live process (or thread) is downloading it now: the caller uses a private file."""
+    def resume(self, url: str, expected_sha256: str | None) -> Partial | None:
+        """A partial download of ``url`` an ended download left, claimed by this process to resume it; None
+        when there is none (or only one another live process, or thread, is writing)."""
         key = self.key(url, expected_sha256)
         mine = self.root / f"{key}.{os.getpid()}"
         with _lock:
-            if mine in _active:
+            if mine in _active or not self.root.is_dir():
                 return None
-            partial = self._take(key, mine, url)
-            if partial is not None:
-                _active.add(mine)
-            return partial
+            for found in [mine] + sorted(p for p in self.root.glob(f"{key}.*") if p != mine):
+                state = self._take(found, mine, url)
+                if state is not None:
+                    _active.add(mine)
+                    return Partial(mine, state)
+        return None
 
-    def _take(self, key: str, mine: Path, url: str) -> Partial | None:
-        busy = False
-        # Ours first: an ended download of this process (or of an earlier one that had our pid).
-        for found in [mine] + sorted(p for p in self.root.glob(f"{key}.*") if p != mine):
-            owner = _owner(found.name)
-            if owner is None or found.is_symlink():
-                continue  # not ours: a link is never followed (what it points to is not the cache's)
-            if found != mine:
-                if _alive(owner):
-                    busy = True
-                    continue
-                try:
-                    os.rename(found, mine)  # atomic: of two claimants, one wins and the other finds nothing
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    return None  # ours is there and could not be replaced: download privately
-            elif not mine.exists():
-                continue
-            state = self._usable(mine, url)
-            if state is not None:
-                return Partial(mine, state)
-            remove_path(mine)
-        if busy:
-            return None
-        mine.mkdir(parents=True)
-        (mine / "data").touch()
+    def adopt(self, data: Path, url: str, expected_sha256: str | None) -> Partial | None:
+        """Keep the download being written to ``data`` for a resume: the file moves into a new partial of
+        this process (an open descriptor keeps writing to it). None when another live process (or thread)
+        keeps one for this URL already: the download stays private."""
+        key = self.key(url, expected_sha256)
+        mine = self.root / f"{key}.{os.getpid()}"
+        with _lock:
+            if mine in _active or any(_owner(p.name) not in (None, os.getpid()) and _alive(_owner(p.name))
+                                      for p in self.root.glob(f"{key}.*")):
+                return None
+            remove_path(mine)  # a leftover that could not be resumed
+            mine.mkdir(parents=True)
+            os.rename(data, mine / "data")
+            _active.add(mine)
         return Partial(mine, None)
+
+    def _take(self, found: Path, mine: Path, url: str) -> ResumeState | None:
+        """The state of ``found`` once it is ``mine`` (renamed, if an ended process left it), or None (it is
+        another live process's, gone, or not resumable: then it is removed)."""
+        owner = _owner(found.name)
+        if owner is None or found.is_symlink() or not found.exists():
+            return None  # not ours: a link is never followed (what it points to is not the cache's)
+        if found != mine:
+            if _alive(owner):
+                return None
+            try:
+                os.rename(found, mine)  # atomic: of two claimants, one wins and the other finds nothing
+            except OSError:
+                return None
+        state = self._usable(mine, url)
+        if state is None:
+            remove_path(mine)
+        return state
 
     def _usable(self, directory: Path, url: str) -> ResumeState | None:
         """The claimed partial's state, its data cut to the recorded size; None if it cannot be resumed."""
