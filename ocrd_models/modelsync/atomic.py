@@ -94,7 +94,7 @@ def _sweep(path: Path) -> None:
         return
     for p in stale:
         owner = temp_owner(p.name)
-        if owner is not None and owner != os.getpid() and not _alive(owner):
+        if owner is not None and owner != os.getpid() and not pid_alive(owner):
             p.unlink(missing_ok=True)
 
 
@@ -277,20 +277,24 @@ def clean_temp(directory: Path, include_own: bool = False) -> int:
             # Leave temp files of processes that are still running (a concurrent sync).
             owner = temp_owner(entry.name)
             if owner is not None and ((owner == os.getpid() and not include_own)
-                                      or (owner != os.getpid() and _alive(owner))):
+                                      or (owner != os.getpid() and pid_alive(owner))):
                 continue
             remove_path(Path(entry.path))
             n += 1
     return n
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs (another user's counts; a pid reused by another process counts too,
+    which only ever makes us leave something alone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # another user's process
+    except OSError:
+        return False
     return True
 
 

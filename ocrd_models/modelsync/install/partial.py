@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from ..atomic import remove_path, write_text_atomic
+from ..atomic import pid_alive, remove_path, write_text_atomic
 
 DEFAULT_MAX_AGE = 7 * 86400.0  # seconds a partial download is kept for a resume
 _active: set[Path] = set()  # partials a download of this process is writing now
@@ -127,7 +127,7 @@ class PartialStore:
         key = self.key(url, expected_sha256)
         mine = self.root / f"{key}.{os.getpid()}"
         with _lock:
-            if mine in _active or any(_owner(p.name) not in (None, os.getpid()) and _alive(_owner(p.name))
+            if mine in _active or any(_owner(p.name) not in (None, os.getpid()) and pid_alive(_owner(p.name))
                                       for p in self.root.glob(f"{key}.*")):
                 return None
             remove_path(mine)  # a leftover that could not be resumed
@@ -143,7 +143,7 @@ class PartialStore:
         if owner is None or found.is_symlink() or not found.exists():
             return None  # not ours: a link is never followed (what it points to is not the cache's)
         if found != mine:
-            if _alive(owner):
+            if pid_alive(owner):
                 return None
             try:
                 os.rename(found, mine)  # atomic: of two claimants, one wins and the other finds nothing
@@ -180,24 +180,13 @@ class PartialStore:
         if not self.root.is_dir():
             return []
         return [p for p in sorted(self.root.iterdir())
-                if not p.is_symlink() and (_owner(p.name) is None or not _alive(_owner(p.name)))]
+                if not p.is_symlink() and (_owner(p.name) is None or not pid_alive(_owner(p.name)))]
 
 
 def _owner(name: str) -> int | None:
     head, _, pid = name.rpartition(".")
     return int(pid) if head and pid.isdigit() else None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    except OSError:
-        return False
-    return True
 
 
 @lru_cache(maxsize=1)
