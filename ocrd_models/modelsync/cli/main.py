@@ -88,7 +88,8 @@ def _machine_fault(err: Exception) -> ModelsyncError | None:
 
 
 def _interrupted() -> None:
-    sys.stderr.write("interrupted; temporary files were removed, nothing half-written remains\n")
+    sys.stderr.write("interrupted; temporary files were removed, nothing half-written is where models go "
+                     "(an unfinished download stays in the cache: the next sync resumes it)\n")
     sys.stderr.flush()
     # Exit now: a download thread stuck in a socket read must not delay Ctrl-C (its temp file is gone).
     os._exit(EXIT_INTERRUPTED)

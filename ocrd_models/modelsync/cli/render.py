@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, is_dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -307,6 +308,22 @@ def _SpeedColumn(**kw: Any):  # noqa: N802 - a class made on first use (rich is 
     return _speed_column_class()(**kw)
 
 
+@cache
+def _narrow_progress_class() -> type:
+    """rich's Progress, its lines kept two columns short of the terminal's width. A line that fills the
+    width leaves the terminal waiting to wrap: the ``^C`` a terminal echoes on Ctrl-C then wraps onto a
+    new line, the display's last redraw lands one line lower, and a stale bar stays on the screen."""
+    from rich.constrain import Constrain
+    from rich.progress import Progress
+
+    class NarrowProgress(Progress):
+        def get_renderable(self):  # noqa: D102
+            live = getattr(self, "live", None)  # rich asks once before the display exists
+            return Constrain(super().get_renderable(), max(20, live.console.width - 2) if live else None)
+
+    return NarrowProgress
+
+
 class BarProgress:
     """rich progress bars on a terminal, one per resource being fetched."""
 
@@ -318,7 +335,7 @@ class BarProgress:
         # (MiB, as everywhere). The real Console (a Live display enters it as a context manager);
         # descriptions are escaped below, so the column may read the ✓/✗ marks as markup.
         fixed = dict(no_wrap=True, overflow="crop")
-        self._p = Progress(
+        self._p = _narrow_progress_class()(
             TextColumn("{task.description}", table_column=Column(ratio=1, min_width=12, no_wrap=True,
                                                                  overflow="ellipsis")),
             BarColumn(bar_width=16), DownloadColumn(binary_units=True, table_column=Column(**fixed)),
