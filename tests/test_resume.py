@@ -296,3 +296,90 @@ def test_a_link_planted_among_the_partials_is_never_followed(sandbox, server, tm
     assert store.resume(url, None) is None  # nothing resumed through a link
     assert (outside / "data").read_bytes() == b"precious" * 100  # not cut, not moved
     assert (store.root / f"{store.key(url, None)}.999999999").is_symlink()
+
+
+# -- found by an independent attack on the partials (each failed before its fix) --------------------
+
+def _plant(sandbox, url: str, sha: str | None, data: bytes, pid, **state) -> Path:
+    """A partial as a dead process leaves it (a durable record of this boot), fields overridden by ``state``."""
+    from ocrd_models.modelsync.install.partial import PartialStore, boot_id
+
+    d = sandbox.cache / "ocrd-modelsync" / "partial" / f"{PartialStore.key(url, sha)}.{pid}"
+    d.mkdir(parents=True)
+    (d / "data").write_bytes(data)
+    record = {"url": url, "size": len(data), "total": None, "etag": None, "last_modified": None,
+              "date_validator": False, "boot": boot_id(), "durable": True, **state}
+    (d / "state.json").write_text(json.dumps(record))
+    return d
+
+
+def _etag(body: bytes) -> str:
+    return '"' + sha256(body)[:16] + '"'  # the test server's ETag
+
+
+def test_two_damaged_partials_of_a_pinned_model_are_fetched_again_whole(sandbox, server):
+    # Two ended processes can leave two partials of one URL; both wrong (a server that changed the file
+    # under one ETag): the second resume is not tried, the file comes whole (was: exit 1, "unreachable").
+    blob = os.urandom(MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC)
+    for pid in (999999998, 999999999):
+        _plant(sandbox, url, sha256(blob), b"\0" * 1000, pid, total=len(blob), etag=_etag(blob))
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+
+
+def test_a_hardlink_planted_as_partial_data_is_never_cut_or_written(sandbox, server, tmp_path):
+    blob = os.urandom(MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url), processor=PROC)
+    outside = tmp_path / "precious.bin"
+    outside.write_bytes(b"precious" * 100_000)
+    d = _plant(sandbox, url, None, b"", 999999999, total=len(blob), etag=_etag(blob), size=100)
+    (d / "data").unlink()
+    os.link(outside, d / "data")  # was: cut to 100 bytes, the download appended, sealed 0444 in the cache
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert outside.read_bytes() == b"precious" * 100_000
+    assert _installed(sandbox) == blob
+
+
+@pytest.mark.parametrize("state", [{"etag": 5}, {"total": "100"}, {"size": True}, {"etag": ["x"]},
+                                   {"size": -5}, {"total": 10}, {"extra": 1}], ids=str)
+def test_a_garbled_state_record_is_discarded_not_a_crash(sandbox, server, state):
+    blob = os.urandom(MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url), processor=PROC)
+    _plant(sandbox, url, None, blob[:1000], 999999999, **{"total": len(blob), "etag": _etag(blob), **state})
+    for _ in range(2):  # was: exit 1 (TypeError) in this process and every later one
+        r = subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=sandbox.env(), capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    assert _installed(sandbox) == blob
+    assert [h.get("Range") for p, h in server.headers_seen if p == "/big"] == [None]  # not resumed
+
+
+@pytest.mark.parametrize("pid", ["99999999999999999999", "0"])
+def test_a_partial_named_with_an_impossible_pid_is_no_crash(sandbox, server, pid):
+    blob = os.urandom(MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url), processor=PROC)
+    _plant(sandbox, url, None, blob[:1000], pid, total=len(blob), etag=_etag(blob))
+    r = sandbox.run("sync")  # was: exit 1, OverflowError (pid 0: "alive", every download private)
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    r = sandbox.run("cache", "prune")
+    assert r.code == 0, r.err
+    assert _partials(sandbox) == []  # not a process's: removed
+
+
+def test_a_resumed_copy_into_a_small_location_fails_before_the_body(sandbox, server, small_disk):
+    blob = os.urandom(6 * MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url, location=str(small_disk)), processor=PROC)
+    _plant(sandbox, url, None, blob[:5 * MiB], 999999999, total=len(blob), etag=_etag(blob))
+    r = sandbox.run("sync")
+    assert r.code == 8, r.err
+    assert "not enough space" in r.err and f"({len(blob)} bytes)" in r.err  # the whole file, not the rest
+    assert not any(small_disk.rglob("*"))

@@ -287,14 +287,16 @@ def clean_temp(directory: Path, include_own: bool = False) -> int:
 def pid_alive(pid: int) -> bool:
     """Whether a process ``pid`` runs (another user's counts; a pid reused by another process counts too,
     which only ever makes us leave something alone)."""
+    if pid <= 0:
+        return False  # not a process: kill(0) and kill(-n) would signal a process group
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # another user's process
-    except OSError:
-        return False
+    except (OSError, OverflowError):
+        return False  # beyond any pid
     return True
 
 

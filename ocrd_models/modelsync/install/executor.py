@@ -129,14 +129,14 @@ class _CancellableMeter:
         self.inner.advance(nbytes)
 
 
-def _space_check(ctx: ExecContext, type_: str, final: Path) -> Callable[[int], None]:
-    """The disk-space check of one resource's download (see :mod:`.space`): ``n`` bytes still to come go to
-    the cache; an archive's unpacked tree (estimated) too; a copy of either to the location unless it is
-    hardlinked there (same filesystem, and links allowed)."""
+def _space_check(ctx: ExecContext, type_: str, final: Path) -> Callable[[int, int], None]:
+    """The disk-space check of one resource's download (see :mod:`.space`): the ``remaining`` bytes go to
+    the cache; an archive's unpacked tree (estimated from its ``size``) too; a copy of the whole to the
+    location unless it is hardlinked there (same filesystem, and links allowed)."""
 
-    def reserve(n: int) -> None:
-        installed = n * ARCHIVE_ESTIMATE if type_ == "archive" else n
-        needs = [(ctx.cache.tmp, n + (installed if type_ == "archive" else 0))]
+    def reserve(remaining: int, size: int) -> None:
+        installed = size * ARCHIVE_ESTIMATE if type_ == "archive" else size
+        needs = [(ctx.cache.tmp, remaining + (installed if type_ == "archive" else 0))]
         if not ctx.obtain_only and (ctx.link_mode == "copy" or not same_filesystem(ctx.cache.root, final.parent)):
             needs.append((final.parent, installed))
         check_space(needs, "this download" if type_ != "archive" else "this archive and its unpacked files")

@@ -242,13 +242,13 @@ class _Download:
     """One HTTP download into ``dest``: state kept across attempts for resuming."""
 
     def __init__(self, url: str, dest: Path, net: NetConfig, meter: Meter | None, expected: str | None,
-                 partial: Partial | None = None, reserve: Callable[[int], None] | None = None,
+                 partial: Partial | None = None, reserve: Callable[[int, int], None] | None = None,
                  partials: PartialStore | None = None):
         self.url, self.dest, self.net = url, dest, net
         self.meter, self.expected = meter, expected
         self.partial = partial  # kept across processes (see :mod:`.partial`): resumed from, and recorded in
         self.partials = partials  # where a download that runs long enough (or stops) is kept for a resume
-        self.reserve = reserve  # called with the bytes still to come once they are known (a disk-space check)
+        self.reserve = reserve  # called with (bytes still to come, whole size) once known (a disk-space check)
         self.hash = None  # chosen by size once the first response tells it (digest.stream_hasher)
         self.size = 0
         self.total: int | None = None  # the whole file's length, from the response our bytes came from
@@ -470,7 +470,8 @@ class _Download:
         if self.hash is None:
             self.hash = stream_hasher(self.total)
         if self.reserve is not None and self.total is not None:
-            self.reserve(self.total - self.size)  # before the body: a disk too small fails now, not when full
+            # Before the body: a disk too small fails now, not when it is full.
+            self.reserve(self.total - self.size, self.total)
         self._stream(resp)
         if self.total is not None and self.size != self.total:
             if self.size < self.total:
@@ -703,7 +704,7 @@ def _check_plausible(path: Path, declared_size: int | None, what: str) -> None:
 def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, base_dir: Path = Path("."),
           expected_sha256: str | None = None, meter: Meter | None = None, what: str = "",
           net: NetConfig | None = None, declared_size: int | None = None, partials: PartialStore | None = None,
-          reserve: Callable[[int], None] | None = None) -> Fetched:
+          reserve: Callable[[int, int], None] | None = None) -> Fetched:
     """Download ``url`` into a temp file in ``directory`` while hashing; verify; return it.
 
     Without ``expected_sha256``, a body that came without ``Content-Length`` must be plausible as a
@@ -711,8 +712,8 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
 
     With ``partials``, a download that stops before it is complete is kept there for a later process
     to resume, and one an ended process left is resumed (:mod:`.partial`); resumed bytes that do not
-    verify are fetched once more from the server. ``reserve`` is called with the bytes still to come
-    as soon as the response says how many (a disk-space check that may raise).
+    verify are fetched once more from the server. ``reserve`` is called with the bytes still to come and
+    the whole size as soon as the response says them (a disk-space check that may raise).
 
     Raises NetworkError, ChecksumMismatch, InstallError (an OS error writing ``directory``, via
     :func:`errors.filesystem_error`) or UserInputError (a missing local file, a malformed URL).
@@ -752,13 +753,12 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
         except ValueError as err:
             raise UserInputError(f"{what or 'a download'}: the URL is malformed ({err}); fix it in models.toml "
                                  "(or the mirror setting).") from None
-    for _ in range(2):
-        try:
-            return _fetch_once(url, directory, src, mirrors or {}, expected_sha256, meter, what, net, declared_size,
-                               partials if src is None else None, reserve)
-        except _ResumedWrong:
-            continue  # bytes resumed from an earlier run did not verify: once more, all from the server
-    raise AssertionError("unreachable")
+    args = (url, directory, src, mirrors or {}, expected_sha256, meter, what, net, declared_size,
+            partials if src is None else None, reserve)
+    try:
+        return _fetch_once(*args, resume=True)
+    except _ResumedWrong:  # bytes resumed from an earlier run did not verify: once more, all from the server
+        return _fetch_once(*args, resume=False)
 
 
 class _ResumedWrong(Exception):
@@ -767,10 +767,10 @@ class _ResumedWrong(Exception):
 
 def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, str], expected_sha256: str | None,
                 meter: Meter | None, what: str, net: NetConfig, declared_size: int | None,
-                partials: PartialStore | None, reserve: Callable[[int], None] | None) -> Fetched:
+                partials: PartialStore | None, reserve: Callable[[int, int], None] | None, *, resume: bool) -> Fetched:
     mirrored = apply_mirrors(url, mirrors)
     try:
-        partial = partials.resume(mirrored, expected_sha256) if partials is not None else None
+        partial = partials.resume(mirrored, expected_sha256) if partials is not None and resume else None
     except OSError as err:
         raise filesystem_error(err, partials.root, "write") from None
     dest = partial.data if partial is not None else temp_name(directory, what or Path(urlsplit(url).path).name)

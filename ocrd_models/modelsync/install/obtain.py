@@ -124,7 +124,7 @@ class Fetcher:
     limits: Limits = field(default_factory=Limits)
     registry: ArtifactSource | None = None  # fetch locked artifacts by digest from an OCI registry first
     flights: Flights | None = None  # shared by the workers of one run: one download per artifact
-    reserve: Callable[[int], None] | None = None  # a disk-space check for a download's remaining bytes
+    reserve: Callable[[int, int], None] | None = None  # a disk-space check: (bytes to come, whole size)
 
 
 def obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:

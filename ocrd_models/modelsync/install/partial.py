@@ -37,6 +37,7 @@ from pathlib import Path
 from ..atomic import pid_alive, remove_path, write_text_atomic
 
 DEFAULT_MAX_AGE = 7 * 86400.0  # seconds a partial download is kept for a resume
+MAX_RECORD_BYTES = 64 * 1024  # a state record is a few hundred bytes: anything larger is not ours
 _active: set[Path] = set()  # partials a download of this process is writing now
 _lock = threading.Lock()
 
@@ -158,19 +159,24 @@ class PartialStore:
         """The claimed partial's state, its data cut to the recorded size; None if it cannot be resumed."""
         record, data = directory / "state.json", directory / "data"
         try:
-            if not (stat.S_ISDIR(os.lstat(directory).st_mode) and stat.S_ISREG(os.lstat(record).st_mode)
-                    and stat.S_ISREG(os.lstat(data).st_mode)):
-                return None  # only real files are read or cut, never through a link
-            if time.time() - os.lstat(record).st_mtime > self.max_age:
+            if not (stat.S_ISDIR(os.lstat(directory).st_mode) and _own_file(record) and _own_file(data)):
+                return None  # only files of ours are read or cut: never through a link, never a hardlink
+            st = os.lstat(record)
+            if time.time() - st.st_mtime > self.max_age or st.st_size > MAX_RECORD_BYTES:
                 return None
-            state = ResumeState(**json.loads(record.read_text(encoding="utf-8")))
-            if state.url != url or state.size <= 0 or not (state.etag or state.date_validator):
+            state = _state(json.loads(record.read_text(encoding="utf-8")))
+            if state is None or state.url != url or not (state.etag or state.date_validator):
                 return None
             if not state.durable and (not state.boot or state.boot != boot_id()):
                 return None  # written without a flush, before a reboot: the bytes may not be there
-            if os.lstat(data).st_size < state.size:
-                return None
-            os.truncate(data, state.size)  # bytes after the record may not have reached the disk
+            fd = os.open(data, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                st = os.fstat(fd)  # the file opened, not the name checked above
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size < state.size:
+                    return None
+                os.ftruncate(fd, state.size)  # bytes after the record may not have reached the disk
+            finally:
+                os.close(fd)
         except (OSError, ValueError, TypeError):
             return None
         return state
@@ -183,9 +189,29 @@ class PartialStore:
                 if not p.is_symlink() and (_owner(p.name) is None or not pid_alive(_owner(p.name)))]
 
 
+def _own_file(path: Path) -> bool:
+    """A regular file with no other name: a link or a hardlink planted in the cache never leads us outside."""
+    st = os.lstat(path)
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
+def _state(doc: object) -> ResumeState | None:
+    """A record read back, if every field has its type and the sizes hold together; None otherwise."""
+    if not isinstance(doc, dict) or set(doc) != set(ResumeState.__dataclass_fields__):
+        return None
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    text = lambda v: v is None or isinstance(v, str)  # noqa: E731
+    ok = (isinstance(doc["url"], str) and count(doc["size"]) and doc["size"] > 0
+          and (doc["total"] is None or (count(doc["total"]) and doc["total"] >= doc["size"]))
+          and text(doc["etag"]) and text(doc["last_modified"]) and isinstance(doc["date_validator"], bool)
+          and isinstance(doc["boot"], str) and isinstance(doc["durable"], bool))
+    return ResumeState(**doc) if ok else None
+
+
 def _owner(name: str) -> int | None:
+    """The pid in a partial's name (``<key>.<pid>``); None when it names no possible process."""
     head, _, pid = name.rpartition(".")
-    return int(pid) if head and pid.isdigit() else None
+    return int(pid) if head and pid.isascii() and pid.isdigit() and 0 < int(pid) < 1 << 31 else None
 
 
 
