@@ -186,3 +186,11 @@ def test_stale_lock_entry_is_updated_when_the_declaration_changes(sandbox, serve
 def test_usage_errors_exit_2(sandbox):
     assert sandbox.run("sync", "--parallel", "0").code == 2
     assert sandbox.run("frobnicate").code == 2
+
+
+def test_verify_without_a_lock_says_there_is_nothing_to_verify(sandbox):
+    sandbox.declare("deu.traineddata", processor="ocrd-tesserocr-recognize")
+    r = sandbox.run("verify")
+    assert r.code == 0, r.err
+    assert "nothing to verify: models.lock does not exist" in r.out + r.err
+    assert "processor" not in r.out  # no empty table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -137,6 +138,10 @@ def verify(
     bad = [r for r in rows if not r.ok]
     if json_out:
         render.emit_json({"ok": not bad, "resources": rows})
+    elif not rows:
+        render.say(f"nothing to verify: {render.short_path(prj.lock_path, Path.cwd())} "
+                   + ("locks no resource" if prj.lockfile is not None else
+                      "does not exist (`modelsync lock` or `modelsync sync` writes it)"))
     else:
         render.table(None, ["processor", "name", "result", "detail"] + (["path"] if verbose else []),
                      [(r.processor, r.name, "ok" if r.ok else "FAILED",
