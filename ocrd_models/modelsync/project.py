@@ -60,10 +60,14 @@ class Project:
 
     manifest_path: Path
     config: RunConfig
-    env: Environment = field(default_factory=Environment.from_os)
     progress: Progress = field(default_factory=NullProgress)
 
     # -- inputs ---------------------------------------------------------------------
+    @property
+    def env(self) -> Environment:
+        """The environment snapshot the configuration was resolved from."""
+        return self.config.env
+
     @property
     def project_dir(self) -> Path:
         """The directory of models.toml: the ``cwd`` location and base of relative paths."""
@@ -95,10 +99,9 @@ class Project:
         if self.config.frozen:  # tool metadata (resource_locations) only: names come from the lock
             return ResourceIndex.load(self.env, user_database=False)
         index = ResourceIndex.load(self.env)
-        if self.config.use_processors:
-            exes = sorted({canonical_processor(p) for p in self.manifest.processors})
-            installed = [e for e in exes if processors.find_executable(e, self.env)]
-            index.add_processor_answers(processors.dump_many(installed, self.env))
+        exes = sorted({canonical_processor(p) for p in self.manifest.processors})
+        installed = [e for e in exes if processors.find_executable(e, self.env)]
+        index.add_processor_answers(processors.dump_many(installed, self.env))
         return index
 
     @cached_property
@@ -305,5 +308,4 @@ def open_project(manifest: str | Path | None = None, *, flags: Flags | None = No
     flags = flags or Flags(offline=offline or None, frozen=frozen)
     env = env or Environment.from_os()
     settings = Settings() if flags.frozen and not path.exists() else load_manifest(path).settings
-    return Project(path, RunConfig.resolve(flags, env, settings, path.absolute().parent), env,
-                   progress or NullProgress())
+    return Project(path, RunConfig.resolve(flags, env, settings, path.absolute().parent), progress or NullProgress())

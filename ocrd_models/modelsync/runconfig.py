@@ -16,7 +16,7 @@ variable, flag or setting itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -42,7 +42,6 @@ class Flags:
     convert: bool | None = None  # False: --disable-autoconversion
     registry: str | None = None
     registry_only: bool | None = None
-    use_processors: bool = True  # ask installed processors for their resource lists
 
 
 @dataclass(frozen=True)
@@ -59,9 +58,8 @@ class RunConfig:
     convert: bool  # False: no pyrnn conversion this run, whatever models.toml says
     registry: str | None
     registry_only: bool
-    use_processors: bool
     limits: Limits
-    env: Environment
+    env: Environment = field(repr=False)  # the variables may hold secrets: never in a repr
 
     @cached_property
     def net(self) -> NetConfig:
@@ -93,7 +91,6 @@ class RunConfig:
                                 else not env.disable_autoconversion, True)),
             registry=registry,
             registry_only=bool(registry_only),
-            use_processors=flags.use_processors,
             limits=Limits(settings.max_unpacked_bytes, settings.max_archive_members),
             env=env,
         )

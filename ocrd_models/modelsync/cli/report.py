@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -139,7 +138,7 @@ def verify(
     if json_out:
         render.emit_json({"ok": not bad, "resources": rows})
     elif not rows:
-        render.say(f"nothing to verify: {render.short_path(prj.lock_path, Path.cwd())} "
+        render.say(f"nothing to verify: {render.short_path(prj.lock_path, prj.project_dir)} "
                    + ("locks no resource" if prj.lockfile is not None else
                       "does not exist (`modelsync lock` or `modelsync sync` writes it)"))
     else:
