@@ -136,6 +136,23 @@ def manifest_toml(processors: Mapping[str, Sequence[ModelDecl]], settings: str =
 
 
 @pytest.fixture
+def raw():
+    """Start RawServers (answers written byte by byte by the test) and stop them afterwards."""
+    from httpserver import RawServer
+
+    started = []
+
+    def start(respond) -> RawServer:
+        s = RawServer(respond).start()
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
 def server():
     """A started FileServer on 127.0.0.1."""
     s = FileServer().start()

@@ -213,7 +213,37 @@ class RawRequest:
     headers: dict[str, str]
 
 
-class RawServer:
+class _Listener:
+    """A listening socket on 127.0.0.1 whose accept loop hands each connection to ``_handle`` on its
+    own thread; ``stop`` ends the loop (connections in progress end on their own)."""
+
+    def _listen(self) -> None:
+        self._stopped = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket."""
+        self._stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class RawServer(_Listener):
     """A TCP server on 127.0.0.1 answering each HTTP request with exactly the bytes a test chooses.
 
     ``respond(request)`` returns an iterable of pieces: ``bytes`` are sent as they are (malformed
@@ -229,10 +259,7 @@ class RawServer:
         self.read_request = read_request
         self.requests: list[RawRequest] = []
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self._listen()
 
     @property
     def base(self) -> str:
@@ -247,22 +274,6 @@ class RawServer:
         """Start accepting connections in a background thread."""
         self.thread.start()
         return self
-
-    def stop(self) -> None:
-        """Stop accepting and close the listening socket (connections in progress end on their own)."""
-        self._stopped.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _read_head(self, conn: socket.socket) -> bytes | None:
         data = b""
@@ -345,7 +356,7 @@ def make_cert(directory, *names: str) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-class TunnelProxy:
+class TunnelProxy(_Listener):
     """An HTTPS proxy on 127.0.0.1 standing in for the internet: ``CONNECT host:port`` is relayed to the
     local port ``routes`` names for it (a server that plays that host, with its own certificate), anything
     else is answered 502. ``seen`` records every request line the proxy received, in order."""
@@ -353,32 +364,13 @@ class TunnelProxy:
     def __init__(self, routes: dict[str, int]) -> None:
         self.routes = routes
         self.seen: list[str] = []
-        self._stopped = threading.Event()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self._listen()
         self.thread.start()
 
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT``: the value for HTTPS_PROXY."""
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def stop(self) -> None:
-        """Stop accepting (tunnels in progress end when either side closes)."""
-        self._stopped.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(30)

@@ -46,3 +46,14 @@ def test_no_manifest_is_a_manifest_error(sandbox):
         raise AssertionError("there is no models.toml")
     except modelsync.ManifestError as err:
         assert "modelsync init" in str(err) and err.exit_code == 2
+
+
+def test_a_run_configuration_never_shows_the_environment_in_its_repr(sandbox):
+    from ocrd_models.modelsync.config import Environment
+
+    sandbox.declare()
+    env = Environment({**Environment.from_os().vars, "MODELSYNC_REGISTRY_PASSWORD": "pw-4711",
+                       "MODELSYNC_TOKENS": "example.org=tok-4711"})
+    project = modelsync.open_project(sandbox.manifest, env=env)
+    assert project.env is env and project.config.net.credentials is not None
+    assert "4711" not in repr(project.config) and "4711" not in repr(project)

@@ -40,21 +40,6 @@ def fast_retries(sandbox, monkeypatch):
 
 
 @pytest.fixture
-def raw():
-    """Start RawServers for a test and stop them afterwards."""
-    started = []
-
-    def start(respond) -> RawServer:
-        s = RawServer(respond).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
-
-
-@pytest.fixture
 def outside(tmp_path_factory):
     """A directory beside the sandbox with a canary file: nothing may change there."""
     d = tmp_path_factory.mktemp("outside")
@@ -314,6 +299,20 @@ def _cli(sandbox, *args: str, timeout: float) -> subprocess.CompletedProcess:
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         pytest.fail(f"modelsync {' '.join(args)} still running after {timeout} s")
+
+
+def _assert_cut(sandbox, url: str, outside: Path, said: str) -> None:
+    """A sync of ``url`` with 2 s timeouts (and retries bounded by 3 s only) ends with exit 3 saying
+    ``said``, within the test's timeout, having installed and left nothing."""
+    sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
+    sandbox.declare(Model(NAME, url), processor=PROC,
+                    network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
+    before = _snapshot(sandbox.root)
+    r = _cli(sandbox, "sync", timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert _installed(sandbox) is None
+    _assert_clean(sandbox, before, outside)
 
 
 def test_a_trickling_body_is_cut_and_retries_end_at_max_retry_time(sandbox, outside):
@@ -577,15 +576,7 @@ def test_a_trickled_response_head_is_cut_too(sandbox, raw, outside):
             yield 0.25
 
     srv = raw(respond)
-    sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC,
-                    network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
-    before = _snapshot(sandbox.root)
-    r = _cli(sandbox, "sync", timeout=60)
-    assert r.returncode == 3, r.stderr
-    assert "response head within 4 s" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert _installed(sandbox) is None
-    _assert_clean(sandbox, before, outside)
+    _assert_cut(sandbox, srv.url("/m"), outside, "response head within 4 s")
 
 
 def test_a_proxy_trickling_its_connect_answer_is_cut(sandbox, raw, outside):
@@ -654,15 +645,7 @@ def test_a_chunked_body_whose_framing_trickles_is_cut(sandbox, raw, outside, cas
                 yield 0.25
 
     srv = raw(respond)
-    sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC,
-                    network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
-    before = _snapshot(sandbox.root)
-    r = _cli(sandbox, "sync", timeout=60)
-    assert r.returncode == 3, r.stderr
-    assert "no progress for 4 s" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert _installed(sandbox) is None
-    _assert_clean(sandbox, before, outside)
+    _assert_cut(sandbox, srv.url("/m"), outside, "no progress for 4 s")
 
 
 def test_endless_trailers_at_full_speed_are_cut(sandbox, raw, outside):
@@ -673,15 +656,7 @@ def test_endless_trailers_at_full_speed_are_cut(sandbox, raw, outside):
             yield line * 64
 
     srv = raw(respond)
-    sandbox.monkeypatch.delenv("MODELSYNC_READ_TIMEOUT")
-    sandbox.declare(Model(NAME, srv.url("/m")), processor=PROC,
-                    network="read_timeout = 2\nconnect_timeout = 2\nmax_retry_time = 3\nretries = 100")
-    before = _snapshot(sandbox.root)
-    r = _cli(sandbox, "sync", timeout=60)
-    assert r.returncode == 3, r.stderr
-    assert "no progress for 4 s" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert _installed(sandbox) is None
-    _assert_clean(sandbox, before, outside)
+    _assert_cut(sandbox, srv.url("/m"), outside, "no progress for 4 s")
 
 
 def test_a_retry_after_beyond_max_retry_time_gives_up_at_once_saying_so(sandbox, raw, outside):

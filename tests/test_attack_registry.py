@@ -697,7 +697,7 @@ def _trickle(data: bytes, delay: float = 0.5):
 
 
 @pytest.mark.parametrize("where", ["head", "token-body", "error-body", "chunked-error"])
-def test_a_registry_trickling_its_replies_is_cut(sandbox, server, raw_hosts, where):
+def test_a_registry_trickling_its_replies_is_cut(sandbox, server, raw, where):
     """connect_timeout = read_timeout = 2 and max_retry_time = 5: every reply is cut after 4 s (each byte
     arrives well within read_timeout: only a bound on the whole reply ends it)."""
     from httpserver import http_head
@@ -717,7 +717,7 @@ def test_a_registry_trickling_its_replies_is_cut(sandbox, server, raw_hosts, whe
             return [http_head(400, {"Content-Length": 300}), *_trickle(b"e" * 300)]
         return [http_head(400, {"Transfer-Encoding": "chunked"}), b"1\r\ne\r\n", *_trickle(b"1;" + b"x" * 300)]
 
-    registry = raw_hosts(respond)
+    registry = raw(respond)
     _env(sandbox)
     _locked(sandbox, server, network="connect_timeout = 2\nread_timeout = 2\nmax_retry_time = 5")
     for var in ("MODELSYNC_CONNECT_TIMEOUT", "MODELSYNC_READ_TIMEOUT", "MODELSYNC_RETRIES"):
@@ -733,20 +733,6 @@ def test_a_registry_trickling_its_replies_is_cut(sandbox, server, raw_hosts, whe
     assert _installed(sandbox) is None and outside.unchanged()
 
 
-@pytest.fixture
-def raw_hosts():
-    from httpserver import RawServer
-
-    started = []
-
-    def start(respond):
-        s = RawServer(respond).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 # -- 5. bounded replies, in a process whose address space is capped ------------------------------

@@ -194,3 +194,30 @@ def test_verify_without_a_lock_says_there_is_nothing_to_verify(sandbox):
     assert r.code == 0, r.err
     assert "nothing to verify: models.lock does not exist" in r.out + r.err
     assert "processor" not in r.out  # no empty table
+
+
+def test_modelsync_manifest_names_the_project_from_anywhere(sandbox, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = sandbox.project / "sub" / "models.toml"
+    target.parent.mkdir()
+    sandbox.monkeypatch.setenv("MODELSYNC_MANIFEST", str(target))
+    sandbox.monkeypatch.chdir(elsewhere)
+    assert sandbox.run("init").code == 0  # created where the variable says
+    assert target.is_file() and not (elsewhere / "models.toml").exists()
+    r = sandbox.run("plan")
+    assert r.code == 0, r.err
+    assert str(target) in r.out + r.err  # the header names the manifest used
+    other = tmp_path / "other.toml"
+    other.write_text(target.read_text())
+    r = sandbox.run("plan", "--manifest", str(other))  # the flag wins over the variable
+    assert r.code == 0 and str(other) in r.out + r.err
+
+
+@pytest.mark.parametrize("var", ["MODELSYNC_OFFLINE", "MODELSYNC_REGISTRY_ONLY", "MODELSYNC_DISABLE_AUTOCONVERSION"])
+def test_a_yes_no_variable_with_another_value_is_refused_by_name(sandbox, var):
+    sandbox.declare("deu.traineddata", processor="ocrd-tesserocr-recognize")
+    sandbox.monkeypatch.setenv(var, "maybe")
+    r = sandbox.run("sync", "--check")
+    assert r.code == 2, (r.code, r.err)
+    assert f"${var}='maybe' is not a yes/no value" in r.err

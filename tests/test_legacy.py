@@ -320,6 +320,10 @@ def test_sync_converts_locks_and_substitutes(sandbox, server):
     assert sandbox.run("resolve", PROC, "fraktur-jze.pyrnn.gz").out.strip() == str(converted)
     off = sandbox.run("resolve", PROC, "fraktur-jze.pyrnn.gz", "--disable-autoconversion")
     assert off.out.strip() == str(sandbox.data_dir(PROC) / "fraktur-jze.pyrnn.gz")
+    sandbox.monkeypatch.setenv("MODELSYNC_DISABLE_AUTOCONVERSION", "1")  # the variable does what the flag does
+    off = sandbox.run("resolve", PROC, "fraktur-jze.pyrnn.gz")
+    assert off.out.strip() == str(sandbox.data_dir(PROC) / "fraktur-jze.pyrnn.gz")
+    sandbox.monkeypatch.delenv("MODELSYNC_DISABLE_AUTOCONVERSION")
     # a later run substitutes the existing conversion: nothing converted again, lock unchanged
     before = (converted.stat().st_ino, converted.stat().st_mtime_ns)
     r2 = sandbox.run("sync")

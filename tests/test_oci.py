@@ -176,8 +176,18 @@ def test_a_tampered_blob_is_refused(sandbox, server, registries):
     r = sandbox.run("sync", "--registry", f"{reg.host}/ocr/models", "--registry-only")
     assert r.code == 4
     assert "checksum mismatch" in r.err and "registry" in r.err and sha256(files["a.mlmodel"]) in r.err
+    # The advice fits where the bytes came from: the registry's copy is bad, the lock is right.
+    assert "`modelsync push`" in r.err and "lock --upgrade" not in r.err, r.err
     assert not (_models(host2) / "a.mlmodel").exists()
     assert (_models(host2) / "b.mlmodel").exists()
+    # --json carries the facts as fields, not only in the message.
+    r = sandbox.run("sync", "--registry", f"{reg.host}/ocr/models", "--registry-only", "--json")
+    assert r.code == 4
+    [failure] = json.loads(r.out)["failures"]
+    assert failure["kind"] == "ChecksumMismatch" and failure["exit_code"] == 4
+    assert failure["expected"] == sha256(files["a.mlmodel"])
+    assert failure["actual"] == sha256(b"evil" + files["a.mlmodel"][4:])
+    assert failure["url"].startswith(f"http://{reg.host}/v2/ocr/models/blobs/sha256:")
 
 
 def test_chunked_upload(sandbox, server, registries):

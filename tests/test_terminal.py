@@ -73,9 +73,13 @@ def test_sync_on_a_terminal_draws_bars_and_restores_the_cursor(sandbox, slow_ser
 
 def test_ctrl_c_before_any_download_finishes(sandbox, slow_server):
     _manifest(sandbox, slow_server, names=("z-big.bin",))
-    r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), interrupt_after=1.0)
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), columns=80, interrupt_after=1.0)
     _assert_consistent_after_interrupt(sandbox, r)
     assert _installed(sandbox) == {} and not sandbox.lock.exists()
+    # Bars stop two columns short of the width: the "^C" a terminal echoes never wraps a line, which
+    # made the display's last redraw land one line lower and leave a stale bar on the screen.
+    bars = [line for line in _screen_lines(r.raw) if "━" in line]
+    assert bars and all(len(line) <= 78 for line in bars), bars
 
 
 def test_ctrl_c_after_one_model_finished_locks_that_one(sandbox, slow_server):
