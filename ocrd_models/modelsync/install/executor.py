@@ -20,7 +20,7 @@ from .cache import Cache, place
 from .fetch import NetConfig
 from .unpack import Limits
 from ..atomic import clean_temp, remove_path
-from .obtain import Fetcher, Flights, Request, commit, obtain
+from .obtain import ArtifactSource, Fetcher, Flights, Request, commit, obtain
 from ..spec.lockfile import LockEntry
 from ..plan.planner import INSTALL, KEEP, REMOVE, SHADOWED, UPDATE, Action, Plan
 from ..progress import NullProgress, Progress, TaskMeter
@@ -59,7 +59,7 @@ class ExecContext:
     net: NetConfig = field(default_factory=NetConfig)
     limits: Limits = field(default_factory=Limits)
     notices: set[str] = field(default_factory=set)
-    registry: object | None = None  # an oci_pull.RegistrySource: locked artifacts by digest, before the origin
+    registry: ArtifactSource | None = None  # locked artifacts by digest, before the origin (an OCI registry)
     deferred_fsync: set[Path] = field(default_factory=set)  # directories to flush once, after all installs
     # Outcomes by plan index as they finish: after a Ctrl-C the caller still locks what was installed.
     finished: dict[int, "Outcome"] = field(default_factory=dict)

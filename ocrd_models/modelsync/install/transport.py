@@ -10,7 +10,7 @@ One network configuration for every request, read from the environment in one pl
 - CA bundles from ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE`` or ``SSL_CERT_FILE`` (a file or a
   directory), else certifi's bundle, else the system's;
 - no ``~/.netrc``, cookies or other implicit credentials: every ``Authorization`` header is the
-  caller's (:mod:`credentials`, :mod:`oci`), decided on the origin this module's parser gives;
+  caller's (:mod:`.credentials`, :mod:`..oci.client`), decided on the origin this module's parser gives;
 - kept-alive connections, one pool manager per thread (never shared across threads).
 
 **One URL parser.** :func:`parse` (urllib3's ``parse_url``, the parser that decides where a request

@@ -1,7 +1,7 @@
 """The planner: a pure function (wanted, lock, observations) -> plan of actions with reasons.
 
 No I/O happens here: the observations (what exists, with digests) are gathered by
-:mod:`state` beforehand, so plans are cheap to test and to render.
+:mod:`.observe` beforehand, so plans are cheap to test and to render.
 """
 
 from __future__ import annotations
