@@ -52,6 +52,9 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+SEGMENTED = "segments = 4\nsegment_from_mib = 0.25"
+
+
 @dataclass
 class Scenario:
     """A project with files and archives, two versions of each, served at a throttled rate."""
@@ -62,6 +65,7 @@ class Scenario:
     n_files: int = 3
     n_archives: int = 2
     expected: dict[str, set[str]] = field(default_factory=dict)  # final path -> acceptable digests
+    network: str = ""  # raw TOML below [settings.network] (segmented downloads in some trials)
 
     def __post_init__(self) -> None:
         self.project = self.root / "project"
@@ -91,7 +95,9 @@ class Scenario:
             if v == version:
                 kind = ', type = "archive", path_in_archive = "m"' if is_archive else ""
                 items.append(f'  {{ name = "{name}", url = "{self.server.url(f"/v{v}/{name}")}"{kind} }}')
-        (self.project / "models.toml").write_text(f"[processors]\n{PROC} = [\n" + ",\n".join(items) + "\n]\n")
+        network = f"[settings.network]\n{self.network}\n" if self.network else ""
+        (self.project / "models.toml").write_text(network + f"[processors]\n{PROC} = [\n" + ",\n".join(items)
+                                                  + "\n]\n")
         self.version = version
 
     def acceptable(self, versions: set[int]) -> dict[Path, set[str]]:
@@ -183,6 +189,9 @@ def recover(sc: Scenario, report: Report, label: str) -> None:
 def trial(sc: Scenario, report: Report, rng: random.Random, i: int) -> None:
     """One trial: pick a start state and a kill point, run, check, recover."""
     update = rng.random() < 0.5
+    # Half the trials fetch every file over 4 connections at once (segmented downloads; the archives
+    # unpack while they download either way).
+    sc.network = SEGMENTED if rng.random() < 0.5 else ""
     if not update:
         # A cold start: nothing installed, nothing locked; sometimes with a warm cache.
         shutil.rmtree(sc.root / "data", ignore_errors=True)
@@ -210,8 +219,11 @@ def trial(sc: Scenario, report: Report, rng: random.Random, i: int) -> None:
         code = sc.run("sync", kill_after=rng.uniform(0.0, 1.2))
     report.trials += 1
     report.kinds[kind] += 1
+    if sc.network:
+        report.kinds["(of all) segmented"] += 1
     if code == -signal.SIGKILL:
         report.killed += 1
+    kind += ", segmented" if sc.network else ""
     label = f"trial {i} ({kind}, {'update' if update else 'cold'})"
     check(sc, versions, report, label)
     recover(sc, report, label)

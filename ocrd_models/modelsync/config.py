@@ -29,7 +29,7 @@ TESSEROCR_PREFIX = "ocrd-tesserocr-"
 # [settings.network] fields and the variables that override them.
 NETWORK_VARIABLES = {"retries": "MODELSYNC_RETRIES", "backoff": "MODELSYNC_BACKOFF",
                      "max_retry_time": "MODELSYNC_RETRY_MAX_TIME", "connect_timeout": "MODELSYNC_CONNECT_TIMEOUT",
-                     "read_timeout": "MODELSYNC_READ_TIMEOUT"}
+                     "read_timeout": "MODELSYNC_READ_TIMEOUT", "segments": "MODELSYNC_SEGMENTS"}
 
 log = logging.getLogger(__name__)
 _reported: set[str] = set()
@@ -266,7 +266,7 @@ class Environment:
         return bool(self.vars.get("MODELSYNC_DEBUG"))
 
     def network_overrides(self) -> dict[str, float]:
-        """``$MODELSYNC_RETRIES``, ``_BACKOFF``, ``_RETRY_MAX_TIME``, ``_CONNECT_TIMEOUT``, ``_READ_TIMEOUT`` that
+        """``$MODELSYNC_RETRIES``, ``_BACKOFF``, ``_RETRY_MAX_TIME``, ``_CONNECT_TIMEOUT``, ``_READ_TIMEOUT``, ``_SEGMENTS`` that
         are set, by the name of the ``[settings.network]`` field they override."""
         out = {}
         for field_name, var in NETWORK_VARIABLES.items():

@@ -68,6 +68,7 @@ class RunConfig:
         allow_http = frozenset(self.settings.allow_http)
         values = {**self.settings.network.model_dump(), **self.env.network_overrides()}
         values["retries"] = int(values["retries"])
+        values["segments"] = max(1, min(32, int(values["segments"])))
         return NetConfig(**values, allow_http=allow_http, credentials=Credentials.load(self.env, allow_http))
 
     @classmethod

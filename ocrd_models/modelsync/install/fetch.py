@@ -29,58 +29,38 @@ writing the temp file names the filesystem (:func:`errors.filesystem_error`).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-import random
 import re
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from http import HTTPStatus
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from .. import failpoints
 from ..atomic import temp_name
-from .credentials import Credentials, user_allows_http
+from .credentials import user_allows_http
+from .growing import GrowingFile, StreamBroken
 from .partial import Partial, PartialStore, ResumeState
+from .retry import (DNS_ATTEMPTS, RETRY_STATUS, Attempts, NetConfig, SpeedFloor, Transient, http_date, log, reason_text,
+                    retry_after, short, status_text)
 from ..urls import redact, strip_userinfo
 from ..digest import stream_hasher
 from ..progress import Meter
 from ..errors import ChecksumMismatch, InstallError, NetworkError, UnsupportedProxy, UserInputError, filesystem_error
 
-log = logging.getLogger(__name__)  # retries and waits; shown with -v (a long wait always)
-LONG_WAIT = 5.0  # seconds: a retry waiting longer than this is told without -v too
-DNS_ATTEMPTS = 2  # a name that does not resolve is asked twice, not retries + 1 times
+__all__ = ["Fetched", "NetConfig", "apply_mirrors", "fetch", "local_source", "unmirror"]
 
 CHUNK = 1 << 20
-RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
-LOW_SPEED = 1024  # bytes/s: a body slower than this over a read_timeout-long window is a stall
 CHECKPOINT_SECONDS = 2.0  # a resumable download records its progress (flushed to disk) this often
-
 
 _COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit() accepts '²'), below 2**63
 _CONTENT_RANGE = re.compile(r"(?i:bytes) ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
 _STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e\x80-\xff]*"')  # RFC 9110 entity-tag without W/
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")  # never valid in a Location (a space is percent-encoded)
 _URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7f))  # printable ASCII stays as it is
-
-
-@dataclass(frozen=True)
-class NetConfig:
-    """How hard to try. README: "Network settings" (settings, env, flags)."""
-
-    retries: int = 4  # extra attempts after the first
-    backoff: float = 0.5  # seconds before the first retry; doubled each time, with jitter
-    max_retry_time: float = 300.0  # no attempt starts after this many seconds (see fetch())
-    connect_timeout: float = 15.0
-    read_timeout: float = 60.0  # per read, and the low-speed window (see fetch())
-    keep_partial_days: float = 7.0  # an interrupted download is resumed for this long (see partial.py)
-    allow_http: frozenset[str] = frozenset()  # hosts an https URL may redirect to over plain http
-    credentials: Credentials = field(default_factory=Credentials)
 
 
 @dataclass(frozen=True)
@@ -91,6 +71,7 @@ class Fetched:
     sha256: str
     size: int
     fetched_url: str  # after mirrors and redirects, credentials removed
+    streamed: bool = False  # the consumer (see fetch) ran to its end over exactly these bytes
 
 
 def apply_mirrors(url: str, mirrors: dict[str, str]) -> str:
@@ -118,7 +99,7 @@ def local_source(url: str, base_dir: Path) -> Path | None:
     except ValueError:  # a broken IPv6 literal
         if url.partition(":")[0].lower() in ("http", "https"):
             return None  # fetch() refuses it with a message
-        raise UserInputError(f"the URL {_short(strip_userinfo(url))} is malformed (a broken [IPv6] host); fix it "
+        raise UserInputError(f"the URL {short(strip_userinfo(url))} is malformed (a broken [IPv6] host); fix it "
                              "in models.toml") from None
     if parts.scheme in ("http", "https"):
         return None
@@ -126,65 +107,6 @@ def local_source(url: str, base_dir: Path) -> Path | None:
         return Path(unquote(parts.path))
     path = Path(url).expanduser()
     return path if path.is_absolute() else base_dir / path
-
-
-class _Transient(Exception):
-    """A fault worth another attempt."""
-
-    def __init__(self, reason: str, after: float | None = None, restart: bool = False,
-                 attempts: int | None = None):
-        super().__init__(reason)
-        self.after = after  # Retry-After seconds
-        self.restart = restart  # the partial bytes are worthless
-        self.attempts = attempts  # at most this many attempts for a fault of this kind (None: retries + 1)
-
-
-def _short(text: str, limit: int = 60) -> str:
-    """Outside text for a message: quoted with ``!r`` (control characters escaped) and shortened."""
-    return repr(text[:limit]) + ("..." if len(text) > limit else "")
-
-
-def _status_text(status: int, reason: str | None = None) -> str:
-    """``HTTP 404 Not Found``: the standard phrase; the server's own (outside text) only if it differs,
-    quoted with ``!r`` and shortened."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    said = (reason or "").strip()
-    text = f"HTTP {status} {phrase}".rstrip()
-    return text + f" (the server says {_short(said)})" if said and said != phrase else text
-
-
-def _retry_after(resp) -> float | None:
-    """Seconds the server asks us to wait (``Retry-After``), or None: absent or garbage is ignored."""
-    value = (resp.headers.get("Retry-After") or "").strip()
-    if _COUNT.fullmatch(value) and len(value) <= 10:
-        return float(value)
-    if not value or len(value) > 64:
-        return None
-    from datetime import timezone
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def _http_date(value: str | None) -> float | None:
-    """The timestamp of an HTTP-date header value, or None if absent or malformed."""
-    if not value or len(value) > 64 or not value.isascii() or not value.isprintable():
-        return None
-    from email.utils import parsedate_to_datetime
-
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 def _checked_url(url: str, from_server: bool = False):
@@ -209,42 +131,18 @@ def _redirect_target(url: str, location: str | None) -> str:
     return target
 
 
-class _SpeedFloor:
-    """The low-speed rule for one response body (see :func:`fetch`): ``check`` after each read."""
-
-    def __init__(self, window: float, deadline: float) -> None:
-        now = time.monotonic()
-        self.window, self.deadline = window, deadline
-        self.got = 0
-        # (time, bytes received by then), at most one mark per window/8: memory stays bounded.
-        self.marks: deque[tuple[float, int]] = deque([(now, 0)])
-
-    def check(self, n: int) -> None:
-        """Count ``n`` more bytes; raise _Transient when the transfer is below the floor."""
-        now = time.monotonic()
-        self.got += n
-        marks = self.marks
-        if now - marks[-1][0] >= self.window / 8:
-            marks.append((now, self.got))
-        while len(marks) > 1 and marks[1][0] <= now - self.window:
-            marks.popleft()  # keep the newest mark at least one window old
-        since, base = marks[0]
-        span = now - since
-        late = now >= self.deadline
-        if span < (min(self.window, 1.0) if late else self.window) or self.got - base >= LOW_SPEED * span:
-            return
-        rate = (self.got - base) / span
-        reason = f"the transfer averaged {rate:.0f} B/s over {span:.1f} s, below the floor of 1 KiB/s"
-        raise _Transient(reason + (", past max_retry_time" if late else ""))
-
-
 class _Download:
     """One HTTP download into ``dest``: state kept across attempts for resuming."""
 
     def __init__(self, url: str, dest: Path, net: NetConfig, meter: Meter | None, expected: str | None,
                  partial: Partial | None = None, reserve: Callable[[int, int], None] | None = None,
-                 partials: PartialStore | None = None):
+                 partials: PartialStore | None = None, tap: GrowingFile | None = None):
         self.url, self.dest, self.net = url, dest, net
+        self.tap = tap  # told how far the bytes are on disk in order (an archive unpacking meanwhile)
+        self.ranges: list[tuple[int, int]] = []  # the byte ranges on disk when segmented (else [(0, size)])
+        self.segmentable = net.segments > 1  # off after a server broke the rules of ranges once
+        target = _checked_url(url)
+        self.host = f"{target.host}:{target.port}"  # connections_per_host counts per host and port
         self.meter, self.expected = meter, expected
         self.partial = partial  # kept across processes (see :mod:`.partial`): resumed from, and recorded in
         self.partials = partials  # where a download that runs long enough (or stops) is kept for a resume
@@ -270,25 +168,38 @@ class _Download:
     def _resume(self, state: ResumeState) -> None:
         """Take over the bytes an earlier process recorded: hash them (they are still read back from the
         page cache, usually) and ask the server only for the rest, guarded by the same validator."""
-        self.size = self.resumed = state.size
+        self.size = state.size
+        self.ranges = list(state.on_disk())
+        self.resumed = sum(e - s for s, e in self.ranges)
         self.total, self.etag, self.last_modified = state.total, state.etag, state.last_modified
         self.date_validator = state.date_validator
         self.hash = stream_hasher(self.total)
         try:
             with open(self.dest, "rb", buffering=0) as fin:
-                while chunk := fin.read(CHUNK):
-                    self.hash.update(chunk)
+                while self.hash_from(fin) < self.size:
+                    pass
         except OSError as err:
             raise filesystem_error(err, self.dest, "read") from None
-        log.info("resuming %s after %d bytes an earlier run fetched", redact(self.url), self.size)
+        if self.tap is not None:
+            self.tap.grow(self.size)
+        log.info("resuming %s with %d bytes an earlier run fetched", redact(self.url), self.resumed)
         if self.meter:
             self.meter.total(self.total)
-            self.meter.advance(self.size)
+            self.meter.advance(self.resumed)
+
+    def hash_from(self, fin) -> int:
+        """Hash the next chunk of the resumed prefix; return how far it is hashed."""
+        done = fin.tell()
+        chunk = fin.read(min(CHUNK, self.size - done))
+        if not chunk:
+            raise OSError(f"the kept download is shorter than its record ({done} of {self.size} bytes)")
+        self.hash.update(chunk)
+        return done + len(chunk)
 
     def _record(self, fd: int | None) -> None:
         """Write the partial's state (the data flushed first): what an ended process leaves to resume from."""
         self.checkpoint = time.monotonic()
-        if not self.size or self._if_range() is None:
+        if not self._have() or self._if_range() is None:
             return
         try:
             if self.partial is None:
@@ -296,8 +207,9 @@ class _Download:
                 if self.partial is None:
                     return
                 self.dest = self.partial.data
+            ranges = tuple(self.ranges) if self.ranges and self.ranges != [(0, self.size)] else ()
             self.partial.save(ResumeState(self.url, self.size, self.total, self.etag, self.last_modified,
-                                          self.date_validator), fd)
+                                          self.date_validator, ranges=ranges), fd)
         except OSError as err:
             log.info("could not record the progress of %s (%s): an interrupted download restarts from zero",
                      redact(self.url), err.strerror or err)
@@ -305,7 +217,7 @@ class _Download:
     def keep_for_resume(self) -> bool:
         """After a failure or an interruption: record what a later run resumes from; False when nothing
         could be resumed (no bytes, or no strong validator to guard them)."""
-        if (self.partial is None and self.partials is None) or not self.size or self._if_range() is None:
+        if (self.partial is None and self.partials is None) or not self._have() or self._if_range() is None:
             return False
         try:
             fd = os.open(self.dest, os.O_WRONLY)
@@ -318,13 +230,20 @@ class _Download:
         return self.partial is not None and self.partial.state is not None and self.partial.state.size == self.size
 
     # -- state ---------------------------------------------------------------------------------
+    def _have(self) -> int:
+        """Bytes on disk that a resume could keep."""
+        return sum(e - s for s, e in self.ranges) if self.ranges else self.size
+
     def _restart(self) -> None:
         """Forget the bytes we have: the next response is taken from byte 0."""
-        if self.meter and self.size:
-            self.meter.advance(-self.size)
+        if self.meter and self._have():
+            self.meter.advance(-self._have())
         if self.hash is not None:
             self.hash.reset()
+        if self.tap is not None:
+            self.tap.break_off("the download started over")
         self.size = 0
+        self.ranges = []
         self.total = None
         self.etag = self.last_modified = None
         self.date_validator = False
@@ -353,30 +272,36 @@ class _Download:
         headers = resp.headers
         self.etag = headers.get("ETag")
         self.last_modified = headers.get("Last-Modified")
-        modified, date = _http_date(self.last_modified), _http_date(headers.get("Date"))
+        modified, date = http_date(self.last_modified), http_date(headers.get("Date"))
         self.date_validator = modified is not None and date is not None and date - modified >= 1
 
     # -- one request -----------------------------------------------------------------------------
-    def _request(self):
-        """GET with our own redirect handling; returns the final response (body unread)."""
+    def _request(self, segment: tuple[int, int] | None = None):
+        """GET with our own redirect handling; returns the final response (body unread). ``segment``:
+        ``[start, end)`` of a segmented download, asked for with the validator in ``If-Range``."""
         from . import transport  # urllib3 is slow to import: only commands that download pay for it
 
         url, seen = self.url, []
         for hop in range(MAX_REDIRECTS + 1):
             if hop and time.monotonic() >= self.deadline:
-                raise _Transient("the retry time ran out while following redirects")
+                raise Transient("the retry time ran out while following redirects")
             here = _checked_url(url)  # checked before: the request goes where this says
             # Credentials of this URL's origin only: a redirect to another origin never carries them.
             headers = dict(self.net.credentials.for_url(here))
-            self.sent = self._if_range() if self.size else None
-            if self.size and self.sent is None:
-                self._restart()  # nothing could guard a resume (no strong validator): from scratch
-            if self.sent is not None:
-                headers["Range"] = f"bytes={self.size}-"
-                headers["If-Range"] = self.sent[1]
+            if segment is not None:
+                headers["Range"] = f"bytes={segment[0]}-{segment[1] - 1}"
+                headers["If-Range"] = self._if_range()[1]
+            else:
+                self.sent = self._if_range() if self.size else None
+                if self.size and self.sent is None:
+                    self._restart()  # nothing could guard a resume (no strong validator): from scratch
+                if self.sent is not None:
+                    headers["Range"] = f"bytes={self.size}-"
+                    headers["If-Range"] = self.sent[1]
             resp = transport.get(here, headers, self.net.connect_timeout, self.net.read_timeout)
             if resp.status not in REDIRECT_STATUS:
-                self.final_url = url
+                if segment is None:
+                    self.final_url = url
                 return resp
             location = resp.headers.get("Location")
             _discard(resp)  # a redirect's body is never read
@@ -384,64 +309,68 @@ class _Download:
                 new = _checked_url(_redirect_target(url, location), from_server=True)
             except ValueError as err:
                 raise NetworkError(f"download of {redact(self.url)} failed: the server answered "
-                                   f"{_status_text(resp.status)} with a redirect that cannot be followed ({err}: "
-                                   f"{_short(location or '')}).") from None
+                                   f"{status_text(resp.status)} with a redirect that cannot be followed ({err}: "
+                                   f"{short(location or '')}).") from None
             if new.url in seen or new.url == here.url:
                 raise NetworkError(f"download of {redact(self.url)} failed: redirect loop at "
-                                   f"{_short(redact(new.url), 200)}")
+                                   f"{short(redact(new.url), 200)}")
             if here.scheme == "https" and new.scheme == "http" and \
                     not user_allows_http(new.host, new.port, self.net.allow_http):
                 shown = f"[{new.host}]" if ":" in new.host else new.host
                 raise NetworkError(
                     f"download of {redact(self.url)} refused: it redirects from https to plain http "
-                    f"({_short(redact(new.url), 200)}). If you trust that host, allow it: [settings] allow_http = "
+                    f"({short(redact(new.url), 200)}). If you trust that host, allow it: [settings] allow_http = "
                     f"[\"{shown}\"] in models.toml.")
             seen.append(here.url)
             url = new.url
         raise NetworkError(f"download of {redact(self.url)} failed: more than {MAX_REDIRECTS} redirects")
 
     def attempt(self) -> None:
-        """One attempt; raises _Transient for faults worth retrying."""
+        """One attempt; raises Transient for faults worth retrying."""
         import urllib3
 
-        from . import transport
-
+        if self._have():
+            if self._may_resume_segmented():
+                self._segmented(None)
+                return
+            self.ranges = []  # one connection continues after the gap-free prefix only
         try:
             resp = self._request()
         except urllib3.exceptions.LocationValueError as err:  # also a bad proxy URL: retrying cannot help
-            raise NetworkError(f"download of {redact(self.url)} failed: {_reason(err)}") from None
+            raise NetworkError(f"download of {redact(self.url)} failed: {reason_text(err)}") from None
         except UnsupportedProxy as err:
             raise NetworkError(f"download of {redact(self.url)} failed: {err}") from None
         except urllib3.exceptions.SSLError as err:
             if "CERTIFICATE_VERIFY_FAILED" in str(err):
                 raise NetworkError(
                     f"download of {redact(self.url)} failed: the server's TLS certificate is not trusted "
-                    f"({_reason(err)}). For a private CA, point REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its "
+                    f"({reason_text(err)}). For a private CA, point REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its "
                     "bundle.") from None
-            raise _Transient(_reason(err)) from None
+            raise Transient(reason_text(err)) from None
         except urllib3.exceptions.NameResolutionError as err:
             # Retried once (a resolver hiccup), not five times: a wrong host name stays wrong.
-            raise _Transient(_reason(err), attempts=DNS_ATTEMPTS) from None
+            raise Transient(reason_text(err), attempts=DNS_ATTEMPTS) from None
         except urllib3.exceptions.HTTPError as err:
-            raise _Transient(_reason(err)) from None
+            raise Transient(reason_text(err)) from None
         try:
-            self._receive(resp)
+            handed_over = self._receive(resp)
         except urllib3.exceptions.HTTPError as err:
             # urllib3 errors surface from read1(): a connection reset or stall mid-stream.
             _discard(resp)
-            raise _Transient(_reason(err)) from None
+            raise Transient(reason_text(err)) from None
         except BaseException:
             _discard(resp)  # an error page's body is never read
             raise
-        resp.release_conn()  # read to the end: the connection is kept for the next download
+        if not handed_over:
+            resp.release_conn()  # read to the end: the connection is kept for the next download
 
-    def _receive(self, resp) -> None:
-        """Check the status and headers, then stream the body into ``dest``."""
+    def _refuse_status(self, resp) -> None:
+        """Raise for a status that carries no file (Transient for those worth another attempt)."""
         status = resp.status
         if status in RETRY_STATUS:
-            raise _Transient(_status_text(status, resp.reason), _retry_after(resp))
+            raise Transient(status_text(status, resp.reason), retry_after(resp))
         if status == 416:  # our range is past the end: the file changed
-            raise _Transient("server rejected the resume range", restart=True)
+            raise Transient("server rejected the resume range", restart=True)
         if status >= 400:
             hint = ("check the URL in models.toml or the registry entry; a mirror setting may point to a "
                     "wrong prefix" if status in (404, 410) else
@@ -450,12 +379,18 @@ class _Download:
             withheld = self.net.credentials.withheld(self.final_url) if status in (401, 403) else None
             if withheld:
                 hint = f"the server refused access, and {withheld}"
-            raise NetworkError(f"download of {redact(self.url)} failed: {_status_text(status, resp.reason)}; {hint}",
+            raise NetworkError(f"download of {redact(self.url)} failed: {status_text(status, resp.reason)}; {hint}",
                                url=redact(self.url), status=status)
         if status not in (200, 206):
             raise NetworkError(f"download of {redact(self.url)} failed: the server answered "
-                               f"{_status_text(status, resp.reason)}, which carries no file; check the URL (or the "
+                               f"{status_text(status, resp.reason)}, which carries no file; check the URL (or the "
                                "server).", url=redact(self.url), status=status)
+
+    def _receive(self, resp) -> bool:
+        """Check the status and headers, then stream the body into ``dest``; True when the response was
+        handed over to a segmented download (which closes it)."""
+        self._refuse_status(resp)
+        status = resp.status
         length = self._content_length(resp)
         if status == 206:
             self._check_partial(resp, length)
@@ -472,17 +407,100 @@ class _Download:
         if self.reserve is not None and self.total is not None:
             # Before the body: a disk too small fails now, not when it is full.
             self.reserve(self.total - self.size, self.total)
+        if status == 200 and self._may_segment(resp):
+            self._segmented(resp)
+            return True
         self._stream(resp)
         if self.total is not None and self.size != self.total:
             if self.size < self.total:
-                raise _Transient(f"connection closed after {self.size} of {self.total} bytes")
-            raise _Transient(f"the server sent more than the {self.total} bytes it announced", restart=True)
+                raise Transient(f"connection closed after {self.size} of {self.total} bytes")
+            raise Transient(f"the server sent more than the {self.total} bytes it announced", restart=True)
         if self.total is None and self.expected:
             self.digest = self.hash.hexdigest()
             if self.digest != self.expected:
                 # Without Content-Length a cut connection looks like the end: try again from scratch.
                 self.hash = None
-                raise _Transient("body ended early (no Content-Length) or changed", restart=True)
+                raise Transient("body ended early (no Content-Length) or changed", restart=True)
+        return False
+
+    # -- segments ----------------------------------------------------------------------------------
+    def _segment_worthy(self, remaining: int) -> bool:
+        return (self.segmentable and self.total is not None and self._if_range() is not None
+                and remaining >= self.net.segment_from_mib * (1 << 20))
+
+    def _may_segment(self, resp) -> bool:
+        """A fresh 200 that may become the first of several connections (see :mod:`.segmented`)."""
+        accepts = (resp.headers.get("Accept-Ranges") or "").lower()
+        return self.size == 0 and "bytes" in accepts.split(",") and self._segment_worthy(self.total or 0)
+
+    def _may_resume_segmented(self) -> bool:
+        """Kept bytes with gaps (only segments fill them), or enough left to be worth several connections."""
+        gaps = len(self.ranges) > 1 or (self.ranges and self.ranges[0][0] != 0)
+        return (gaps or self.total is not None and self._segment_worthy(self.total - self._have())) and \
+            self._segment_worthy(self.net.segment_from_mib * (1 << 20))
+
+    def _segmented(self, first) -> bool:
+        """Fetch what is missing over several connections (``first``: the fresh 200 that becomes one)."""
+        from .ranges import RangeBook, split_min
+        from .segmented import SegmentedRun
+
+        book = RangeBook(self.total, self.ranges or ([(0, self.size)] if self.size else []),
+                         split_min(self.total, self.net.segments))
+        if first is None and self.reserve is not None:
+            self.reserve(self.total - book.have(), self.total)
+        try:
+            fd = os.open(self.dest, os.O_RDWR)
+        except OSError as err:
+            if first is not None:
+                first.close()
+            raise filesystem_error(err, self.dest.parent, "write") from None
+        run = SegmentedRun(self, fd, book, self.hash, self.size, host=self.host, meter=self.meter, tap=self.tap,
+                           checkpoint=self._segment_checkpoint, dest_dir=str(self.dest.parent))
+        try:
+            run.run(first)
+        except Transient as err:
+            if err.restart:
+                self.segmentable = False  # the server broke the rules of ranges: one connection from now on
+            raise
+        finally:
+            os.close(fd)
+            self.size, self.ranges = book.prefix(), book.done()
+        self.ranges = []
+        return True
+
+    def _segment_checkpoint(self, prefix: int, done: list[tuple[int, int]]) -> None:
+        if self.partials is not None:
+            self.size, self.ranges = prefix, done
+            self._record(None)
+
+    def open_segment(self, start: int, end: int):
+        """A checked 206 with the bytes ``[start, end)`` of the file we have begun (the SegmentSource of
+        :mod:`.segmented`); raises Transient (``restart`` when the file changed) or NetworkError."""
+        resp = self._request((start, end))
+        try:
+            self._check_segment(resp, start, end)
+        except BaseException:
+            _discard(resp)
+            raise
+        return resp
+
+    def _check_segment(self, resp, start: int, end: int) -> None:
+        if resp.status == 200:
+            raise Transient("the server answered a range request with the whole file (it ignores ranges, or the "
+                            "file changed); starting over on one connection", restart=True)
+        if resp.status != 206:
+            self._refuse_status(resp)
+        length = self._content_length(resp)
+        m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range") or "")
+        if m is None or tuple(int(g) for g in m.groups()) != (start, end - 1, self.total):
+            problem = "another range than the one asked for"
+        elif length is not None and length != end - start:
+            problem = "a Content-Length that disagrees with its Content-Range"
+        else:
+            problem = self._validator_problem(resp, self._if_range())
+        if problem is not None:
+            raise Transient(f"the server's partial response has {problem}; starting over on one connection",
+                            restart=True)
 
     def _content_length(self, resp) -> int | None:
         """The body's length, None if not given (or chunked); a malformed value fails the download."""
@@ -494,7 +512,7 @@ class _Download:
         values = {v.strip() for v in value.split(",")}  # a repeated header arrives joined by ", "
         if len(values) != 1 or not _COUNT.fullmatch(next(iter(values))):
             raise NetworkError(f"download of {redact(self.url)} failed: the server sent a malformed Content-Length "
-                               f"header ({_short(value, 24)}); the server (or a proxy) is broken.")
+                               f"header ({short(value, 24)}); the server (or a proxy) is broken.")
         return int(values.pop())
 
     def _check_partial(self, resp, length: int | None) -> None:
@@ -507,9 +525,9 @@ class _Download:
             start, end, total = (int(g) for g in m.groups())
             problem = self._range_problem(start, end, total, length)
             if problem is None:
-                problem = self._validator_problem(resp)
+                problem = self._validator_problem(resp, self.sent)
         if problem is not None:
-            raise _Transient(f"the server's partial response has {problem}; starting over", restart=True)
+            raise Transient(f"the server's partial response has {problem}; starting over", restart=True)
         if self.total is None:
             self.total = total  # a 206 from byte 0 (as good as a 200), or the first length we learn
 
@@ -526,11 +544,12 @@ class _Download:
             return "a Content-Length that disagrees with its Content-Range"
         return None
 
-    def _validator_problem(self, resp) -> str | None:
-        if self.sent is None:
+    @staticmethod
+    def _validator_problem(resp, sent: tuple[str, str] | None) -> str | None:
+        if sent is None:
             return None  # we asked for no range (a 206 from byte 0); nothing to compare
         etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
-        kind, value = self.sent
+        kind, value = sent
         if kind == "ETag" and etag != value:
             return "another ETag than the one sent in If-Range" if etag else "no ETag (one was sent in If-Range)"
         if kind == "Last-Modified" and (modified != value or etag is not None):
@@ -539,9 +558,11 @@ class _Download:
 
     def _stream(self, resp) -> None:
         """Append the body to ``dest`` as it arrives, hashing it; the low-speed rule applies."""
-        floor = _SpeedFloor(self.net.read_timeout, self.deadline)
+        floor = SpeedFloor(self.net.read_timeout, self.deadline)
         try:
-            fout = open(self.dest, "ab", buffering=0)
+            fout = open(self.dest, "r+b", buffering=0)
+            fout.truncate(self.size)  # bytes after our gap-free prefix (of a segmented attempt) are not kept
+            fout.seek(self.size)
         except OSError as err:
             raise filesystem_error(err, self.dest.parent, "write") from None
         # read1 hands over bytes as they arrive: after a reset we keep (and resume after) all we got.
@@ -559,6 +580,8 @@ class _Download:
                 self.size += len(chunk)
                 if self.meter:
                     self.meter.advance(len(chunk))
+                if self.tap is not None:
+                    self.tap.grow(self.size)
                 failpoints.hit("download")
                 floor.check(len(chunk))
                 if self.partials is not None and time.monotonic() - self.checkpoint >= CHECKPOINT_SECONDS:
@@ -571,9 +594,18 @@ class _Download:
     # -- attempts ----------------------------------------------------------------------------------
     def run(self) -> tuple[str, int, str]:
         """Attempts until one succeeds or the retry count or time runs out (see :func:`fetch`)."""
+        from .segmented import SLOTS
+
         attempts = Attempts(self.net, redact(self.url))
         self.deadline = attempts.deadline
-        last: _Transient | None = None
+        SLOTS.acquire(self.host, self.net.connections_per_host)
+        try:
+            return self._attempts(attempts)
+        finally:
+            SLOTS.release(self.host)
+
+    def _attempts(self, attempts: Attempts) -> tuple[str, int, str]:
+        last: Transient | None = None
         while attempts.next(last):
             if last is not None and last.restart:
                 self._restart()
@@ -581,7 +613,7 @@ class _Download:
                 self.digest = None
                 self.attempt()
                 return self.digest or self.hash.hexdigest(), self.size, self.final_url
-            except _Transient as err:
+            except Transient as err:
                 last = err
             except BaseException:
                 self._close_hash()
@@ -592,61 +624,10 @@ class _Download:
                            "retries and timeouts are set in [settings.network].", url=redact(self.url))
 
 
-class Attempts:
-    """The attempts of one network operation (a download, a registry call): at most ``retries + 1``, with
-    exponential backoff and jitter between them (or the server's ``Retry-After`` when longer), none
-    starting after ``max_retry_time`` from the first, and at most ``_Transient.attempts`` for a fault of
-    a kind that says so (a name that does not resolve)."""
-
-    def __init__(self, net: NetConfig, what: str) -> None:
-        self.net, self.what = net, what
-        self.deadline = time.monotonic() + net.max_retry_time
-        self.made = 0
-        self.why = ""  # why no further attempt was made, for the final message
-
-    def next(self, last: "_Transient | None") -> bool:
-        """Wait the backoff and return True when another attempt may start (always the first); else False."""
-        if self.made == 0:
-            self.made = 1
-            return True
-        if self.made > self.net.retries:
-            return False
-        delay = self.net.backoff * (2 ** (self.made - 1)) * (0.75 + random.random() * 0.5)
-        if last is not None and last.after is not None and last.after > delay:
-            delay = last.after
-            self.why = f" (the server asked to retry after {last.after:.0f} s)"
-        if time.monotonic() + delay > self.deadline:
-            self.why += f"; no retry fits into max_retry_time = {self.net.max_retry_time:g} s"
-            return False
-        if last is not None and last.attempts is not None and self.made >= last.attempts:
-            return False
-        self.why = ""
-        log.log(logging.WARNING if delay >= LONG_WAIT else logging.INFO,
-                "%s: %s; retrying in %.1f s (attempt %d of at most %d)", self.what, last, delay,
-                self.made + 1, self.net.retries + 1)
-        time.sleep(delay)
-        self.made += 1
-        return True
-
-
 def _discard(resp) -> None:
     """Let go of a response whose body we do not want or could not finish (a redirect, an error page,
     a broken stream): its connection is closed, not reused, and nothing more of it is read."""
     resp.close()
-
-
-def _reason(err: Exception) -> str:
-    text = str(err)
-    for marker in ("Failed to establish a new connection: ", "Read timed out", "Connection refused",
-                   "Connection broken", "Connection reset"):
-        if marker in text:
-            i = text.index(marker)
-            text = text[i:].split("'))")[0].rstrip("')")[:200]
-            break
-    else:
-        text = strip_userinfo(text[:300])
-    # urllib3's messages may quote what the server sent: no control character reaches a message.
-    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _check(expected: str | None, actual: str, what: str, path: Path, url: str) -> None:
@@ -704,7 +685,8 @@ def _check_plausible(path: Path, declared_size: int | None, what: str) -> None:
 def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, base_dir: Path = Path("."),
           expected_sha256: str | None = None, meter: Meter | None = None, what: str = "",
           net: NetConfig | None = None, declared_size: int | None = None, partials: PartialStore | None = None,
-          reserve: Callable[[int, int], None] | None = None) -> Fetched:
+          reserve: Callable[[int, int], None] | None = None,
+          consumer: Callable[[GrowingFile], object] | None = None) -> Fetched:
     """Download ``url`` into a temp file in ``directory`` while hashing; verify; return it.
 
     Without ``expected_sha256``, a body that came without ``Content-Length`` must be plausible as a
@@ -714,6 +696,12 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
     to resume, and one an ended process left is resumed (:mod:`.partial`); resumed bytes that do not
     verify are fetched once more from the server. ``reserve`` is called with the bytes still to come and
     the whole size as soon as the response says them (a disk-space check that may raise).
+
+    ``consumer`` (http(s) only) is called on a thread of its own with a :class:`.growing.GrowingFile`
+    that yields the file's bytes in order while they arrive (an archive unpacking during its download);
+    fetch returns only after it returned. Its bytes are the verified file's only if the returned
+    ``Fetched.streamed`` is True (it ran to its end, the stream never broke off, and the file verified);
+    what it raised is not raised here (the caller redoes its work from the file and meets it there).
 
     Raises NetworkError, ChecksumMismatch, InstallError (an OS error writing ``directory``, via
     :func:`errors.filesystem_error`) or UserInputError (a missing local file, a malformed URL).
@@ -756,9 +744,44 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
     args = (url, directory, src, mirrors or {}, expected_sha256, meter, what, net, declared_size,
             partials if src is None else None, reserve)
     try:
-        return _fetch_once(*args, resume=True)
+        return _fetch_once(*args, resume=True, consumer=consumer if src is None else None)
     except _ResumedWrong:  # bytes resumed from an earlier run did not verify: once more, all from the server
-        return _fetch_once(*args, resume=False)
+        return _fetch_once(*args, resume=False, consumer=None)
+
+
+class _Feed:
+    """The consumer of a download's bytes in order (see :func:`fetch`), on its own thread."""
+
+    def __init__(self, dest: Path, consumer: Callable[[GrowingFile], object]) -> None:
+        import threading
+
+        self.tap = GrowingFile(os.open(dest, os.O_RDONLY))  # the inode: a move into partial/ keeps it
+        self.error: BaseException | None = None
+        self.done = False
+        self._thread = threading.Thread(target=self._run, args=(consumer,), name="modelsync-unpack", daemon=True)
+        self._thread.start()
+
+    def _run(self, consumer: Callable[[GrowingFile], object]) -> None:
+        try:
+            consumer(self.tap)
+            self.done = True
+        except BaseException as err:  # noqa: BLE001 - handed to the caller as "not streamed"
+            self.error = err
+        finally:
+            self.tap.close()
+
+    def finish(self) -> bool:
+        """The download verified: let the consumer read to the end; True when it ran over these bytes."""
+        self.tap.end()
+        self._thread.join()
+        if self.error is not None and not isinstance(self.error, StreamBroken):
+            log.debug("unpacking during the download failed (%s); unpacking from the file", self.error)
+        return self.done and not self.tap.broken
+
+    def abandon(self) -> None:
+        """The download failed or was interrupted: the consumer stops at its next read."""
+        self.tap.break_off("the download did not complete")
+        self._thread.join()
 
 
 class _ResumedWrong(Exception):
@@ -767,7 +790,8 @@ class _ResumedWrong(Exception):
 
 def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, str], expected_sha256: str | None,
                 meter: Meter | None, what: str, net: NetConfig, declared_size: int | None,
-                partials: PartialStore | None, reserve: Callable[[int, int], None] | None, *, resume: bool) -> Fetched:
+                partials: PartialStore | None, reserve: Callable[[int, int], None] | None, *, resume: bool,
+                consumer: Callable[[GrowingFile], object] | None = None) -> Fetched:
     mirrored = apply_mirrors(url, mirrors)
     try:
         partial = partials.resume(mirrored, expected_sha256) if partials is not None and resume else None
@@ -775,6 +799,7 @@ def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, 
         raise filesystem_error(err, partials.root, "write") from None
     dest = partial.data if partial is not None else temp_name(directory, what or Path(urlsplit(url).path).name)
     download: _Download | None = None
+    feed: _Feed | None = None
     try:
         if src is not None:
             if not src.is_file():
@@ -786,9 +811,11 @@ def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, 
         else:
             try:
                 dest.touch()
+                feed = _Feed(dest, consumer) if consumer is not None else None
             except OSError as err:
                 raise filesystem_error(err, directory, "write") from None
-            download = _Download(mirrored, dest, net, meter, expected_sha256, partial, reserve, partials)
+            download = _Download(mirrored, dest, net, meter, expected_sha256, partial, reserve, partials,
+                                 feed.tap if feed else None)
             sha, size, final = download.run()
             final = redact(unmirror(final, url, mirrors))
             if expected_sha256 is None and download.total is None:
@@ -797,14 +824,17 @@ def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, 
         if download is not None and download.resumed and expected_sha256 not in (None, sha):
             raise _ResumedWrong()
         _check(expected_sha256, sha, what or redact(url), dest, url)
+        streamed = feed.finish() if feed is not None else False
         partial = download.partial if download is not None else None
         if partial is not None:  # verified: out of the partials, to a temp name the caller moves on
             done = temp_name(directory, what or Path(urlsplit(url).path).name)
             os.replace(partial.data, done)
             partial.discard()
             dest = done
-        return Fetched(dest, sha, size, final)
+        return Fetched(dest, sha, size, final, streamed)
     except BaseException as err:
+        if feed is not None:
+            feed.abandon()
         kept = (download is not None and not isinstance(err, (ChecksumMismatch, _ResumedWrong))
                 and download.keep_for_resume())
         partial = download.partial if download is not None else partial

@@ -29,7 +29,8 @@ from ..errors import ChecksumMismatch, InstallError, OfflineMissing, UserInputEr
 from .. import failpoints
 from .fetch import Fetched, NetConfig, apply_mirrors, fetch, local_source
 from .partial import PartialStore
-from .unpack import Limits, extract, select
+from .growing import GrowingFile
+from .unpack import Limits, extract, extract_stream, select
 from ..progress import Meter
 
 if TYPE_CHECKING:
@@ -127,16 +128,19 @@ class Fetcher:
     reserve: Callable[[int, int], None] | None = None  # a disk-space check: (bytes to come, whole size)
 
 
-def obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
+def obtain_blob(req: Request, cache: Cache, f: Fetcher,
+                consumer: Callable[[GrowingFile], object] | None = None) -> tuple[Path, str, int, str | None, bool]:
     """(path, sha256, size, fetched_url, downloaded) of the verified artifact: cache, registry or origin
-    (once per run and artifact, however many resources declare it: see :class:`Flights`)."""
+    (once per run and artifact, however many resources declare it: see :class:`Flights`). ``consumer``
+    reads the bytes while they download from the origin (see :func:`.fetch.fetch`), if they do."""
     if f.flights is None or local_source(req.url, f.base_dir) is not None:
-        return _obtain_blob(req, cache, f)
+        return _obtain_blob(req, cache, f, consumer)
     key = ("sha256", req.expected_sha256) if req.expected_sha256 else ("url", apply_mirrors(req.url, f.mirrors))
-    return f.flights.fetch_once(key, lambda: _obtain_blob(req, cache, f))
+    return f.flights.fetch_once(key, lambda: _obtain_blob(req, cache, f, consumer))
 
 
-def _obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int, str | None, bool]:
+def _obtain_blob(req: Request, cache: Cache, f: Fetcher,
+                 consumer: Callable[[GrowingFile], object] | None = None) -> tuple[Path, str, int, str | None, bool]:
     if req.expected_sha256:
         hit = cache.get_blob(req.expected_sha256)
         if hit is not None:
@@ -160,7 +164,7 @@ def _obtain_blob(req: Request, cache: Cache, f: Fetcher) -> tuple[Path, str, int
     try:
         got = fetch(req.url, cache.tmp, mirrors=f.mirrors, base_dir=f.base_dir, expected_sha256=req.expected_sha256,
                     meter=f.meter, what=req.what, net=f.net, declared_size=req.size, reserve=f.reserve,
-                    partials=PartialStore(cache.partial_dir, f.net.keep_partial_days * 86400))
+                    partials=PartialStore(cache.partial_dir, f.net.keep_partial_days * 86400), consumer=consumer)
     except ChecksumMismatch as err:
         raise err.with_hint(ORIGIN_CHANGED) from None
     path = cache.add_blob(got.path, got.sha256)
@@ -175,19 +179,18 @@ def obtain(req: Request, cache: Cache, f: Fetcher) -> Obtained:
         tree = cache.get_tree(req.expected_installed)
         if tree is not None:
             return Obtained(tree, req.expected_sha256, None, None, req.expected_installed, False)
-    blob, sha, size, fetched_url, downloaded = obtain_blob(req, cache, f)
     if req.type == "file":
+        blob, sha, size, fetched_url, downloaded = obtain_blob(req, cache, f)
         _check_installed(req, sha)
         return Obtained(blob, sha, size, fetched_url, sha, downloaded)
     unpack_dir = temp_name(cache.tmp, req.name, suffix=".d")
     try:
-        unpack_dir.mkdir(parents=True)
-        label = req.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or req.name
-        hasher = FileHasher()
         try:
-            extract(blob, unpack_dir, label, f.limits, hasher)
-        finally:
-            known = hasher.close()
+            unpack_dir.mkdir(parents=True)
+        except OSError as err:
+            raise filesystem_error(err, cache.tmp, "create the cache directory") from None
+        label = req.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or req.name
+        blob, sha, size, fetched_url, downloaded, known = _unpacked(req, cache, f, unpack_dir, label)
         chosen = select(unpack_dir, req.path_in_archive, label)
         digest = digest_path(chosen, known=known)[0]
         _check_installed(req, digest)
@@ -195,6 +198,37 @@ def obtain(req: Request, cache: Cache, f: Fetcher) -> Obtained:
     finally:
         remove_path(unpack_dir)
     return Obtained(tree, sha, size, fetched_url, digest, downloaded)
+
+
+def _unpacked(req: Request, cache: Cache, f: Fetcher, unpack_dir: Path, label: str) -> tuple:
+    """The archive's blob (as :func:`obtain_blob`) and its tree in ``unpack_dir``, with the hashes of the
+    files written. A tar archive downloading from its origin is unpacked while it arrives (a second
+    thread reads the bytes in order); what that made counts only if the download verified over exactly
+    those bytes (``Fetched.streamed``), else the archive is unpacked from the verified file."""
+    streamed: dict[str, object] = {}
+
+    def unpack_while_downloading(stream: GrowingFile) -> None:
+        streamed["stream"] = stream
+        hasher = streamed["hasher"] = FileHasher()
+        try:
+            streamed["format"] = extract_stream(stream, unpack_dir, label, f.limits, hasher)
+        finally:
+            streamed["known"] = hasher.close()
+
+    blob, sha, size, fetched_url, downloaded = obtain_blob(req, cache, f, unpack_while_downloading)
+    stream = streamed.get("stream")
+    # The stream ends only once the download verified, and breaks off when it restarts or fails.
+    if streamed.get("format") and stream is not None and stream.complete:
+        return blob, sha, size, fetched_url, downloaded, streamed["known"]
+    if "hasher" in streamed:  # begun while downloading and not usable: start from an empty directory
+        remove_path(unpack_dir)
+        unpack_dir.mkdir(parents=True)
+    hasher = FileHasher()
+    try:
+        extract(blob, unpack_dir, label, f.limits, hasher)
+    finally:
+        known = hasher.close()
+    return blob, sha, size, fetched_url, downloaded, known
 
 
 def _directory(req: Request, cache: Cache, f: Fetcher) -> Obtained:

@@ -3,8 +3,8 @@
 A download that stops before it is complete (its retries used up, Ctrl-C, SIGKILL, a reboot)
 leaves its bytes and a small state record in the cache, under ``partial/<key>.<pid>/`` (``data``
 and ``state.json``): the URL as fetched, the server's validator (a strong ``ETag``, or a
-``Last-Modified`` the server's clock vouches for), the file's total size and how many bytes are on
-disk. The next download of the same URL (and expected digest) in any process claims it and asks
+``Last-Modified`` the server's clock vouches for), the file's total size and the byte ranges on
+disk (a segmented download leaves several). The next download of the same URL (and expected digest) in any process claims it and asks
 only for the rest, with ``If-Range``: a server whose file changed answers with the whole new file,
 so old and new bytes are never mixed, and the final SHA-256 check still decides.
 
@@ -54,6 +54,15 @@ class ResumeState:
     date_validator: bool  # Last-Modified is strong: the response's Date was at least 1 s later
     boot: str = ""  # the boot the record was written in
     durable: bool = False  # the data was flushed to disk before the record: it survives a reboot
+    ranges: tuple[tuple[int, int], ...] = ()  # [start, end) on disk, sorted; () means ((0, size),)
+
+    def on_disk(self) -> tuple[tuple[int, int], ...]:
+        """The byte ranges on disk."""
+        return self.ranges or (((0, self.size),) if self.size else ())
+
+    def end(self) -> int:
+        """Where the last byte on disk ends."""
+        return max((e for _, e in self.on_disk()), default=0)
 
 
 class Partial:
@@ -172,9 +181,9 @@ class PartialStore:
             fd = os.open(data, os.O_WRONLY | os.O_NOFOLLOW)
             try:
                 st = os.fstat(fd)  # the file opened, not the name checked above
-                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size < state.size:
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size < state.end():
                     return None
-                os.ftruncate(fd, state.size)  # bytes after the record may not have reached the disk
+                os.ftruncate(fd, state.end())  # bytes after the record may not have reached the disk
             finally:
                 os.close(fd)
         except (OSError, ValueError, TypeError):
@@ -197,15 +206,34 @@ def _own_file(path: Path) -> bool:
 
 def _state(doc: object) -> ResumeState | None:
     """A record read back, if every field has its type and the sizes hold together; None otherwise."""
-    if not isinstance(doc, dict) or set(doc) != set(ResumeState.__dataclass_fields__):
+    fields = set(ResumeState.__dataclass_fields__)
+    if not isinstance(doc, dict) or set(doc) not in (fields, fields - {"ranges"}):
         return None
     count = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     text = lambda v: v is None or isinstance(v, str)  # noqa: E731
-    ok = (isinstance(doc["url"], str) and count(doc["size"]) and doc["size"] > 0
+    ranges = _ranges(doc.get("ranges", []), doc["total"])
+    ok = (isinstance(doc["url"], str) and count(doc["size"]) and doc["size"] >= 0 and ranges is not None
+          and (doc["size"] > 0 or ranges)
           and (doc["total"] is None or (count(doc["total"]) and doc["total"] >= doc["size"]))
+          and (not ranges or doc["size"] == (ranges[0][1] if ranges[0][0] == 0 else 0))
           and text(doc["etag"]) and text(doc["last_modified"]) and isinstance(doc["date_validator"], bool)
           and isinstance(doc["boot"], str) and isinstance(doc["durable"], bool))
-    return ResumeState(**doc) if ok else None
+    return ResumeState(**{**doc, "ranges": tuple(ranges or ())}) if ok else None
+
+
+def _ranges(value: object, total: object) -> list[tuple[int, int]] | None:
+    """Recorded ranges, if they are sorted, apart and within the file; None otherwise."""
+    if not isinstance(value, list) or len(value) > 4096:
+        return None
+    out: list[tuple[int, int]] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and all(type(v) is int for v in item)):
+            return None
+        start, end = item
+        if not (0 <= start < end) or (out and start <= out[-1][1]) or not isinstance(total, int) or end > total:
+            return None
+        out.append((start, end))
+    return out
 
 
 def _owner(name: str) -> int | None:

@@ -497,6 +497,14 @@ class Response:
         self._resp.close()
         self._resp.release_conn()
 
+    def abort(self) -> None:
+        """Cut the connection from another thread: a read blocked on it returns (with an error) at once.
+        Call :meth:`close` afterwards, from the reading thread."""
+        with _watchdog._cond:
+            socks = list(self._watch.socks)
+        for dup in socks:
+            _cut(dup)
+
     def release_conn(self) -> None:
         """Give a fully read reply's connection back for reuse."""
         _watchdog.disarm(self._watch)

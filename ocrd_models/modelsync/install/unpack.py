@@ -92,10 +92,8 @@ class Limits:
                 "max_unpacked_bytes in [settings] if the archive is genuine)")
 
 
-def sniff(path: Path, label: str | None = None) -> str:
-    """Return ``zip``, ``tar``, ``tar.gz``, ``tar.bz2``, ``tar.xz`` or raise UnsafeArchive."""
-    with open(path, "rb") as fh:
-        head = fh.read(512)
+def _sniff_head(head: bytes) -> str | None:
+    """The format the first bytes of an archive say, or None."""
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "zip"
     if head.startswith(b"\x1f\x8b"):
@@ -106,6 +104,16 @@ def sniff(path: Path, label: str | None = None) -> str:
         return "tar.xz"
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
+    return None
+
+
+def sniff(path: Path, label: str | None = None) -> str:
+    """Return ``zip``, ``tar``, ``tar.gz``, ``tar.bz2``, ``tar.xz`` or raise UnsafeArchive."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    fmt = _sniff_head(head)
+    if fmt is not None:
+        return fmt
     if zipfile.is_zipfile(path):  # zip with a prefix (self-extracting) or comment-first
         return "zip"
     raise UnsafeArchive(
@@ -515,26 +523,44 @@ def _tar_member(tf: tarfile.TarFile, m: tarfile.TarInfo, tree: _Tree) -> None:
 
 
 def _extract_tar(path: Path, dest: Path, fmt: str, label: str, limits: Limits, hasher: FileHasher | None) -> None:
+    with open(path, "rb", buffering=CHUNK) as fh:
+        _untar(fh, dest, fmt, label, limits, hasher)
+
+
+def extract_stream(raw: io.RawIOBase, dest: Path, label: str, limits: Limits | None = None,
+                   hasher: FileHasher | None = None) -> str | None:
+    """Unpack a tar archive (plain, gz, bz2 or xz) into the empty directory ``dest`` as it is read from
+    ``raw`` (a download in progress: :class:`.growing.GrowingFile`); return the format, or None (and
+    write nothing) when the stream is no tar archive: a zip needs its end first, so it is extracted from
+    the finished file. Raises as :func:`extract` does, and whatever ``raw`` raises."""
+    fh = io.BufferedReader(raw, CHUNK)
+    fmt = _sniff_head(fh.peek(512)[:512])
+    if fmt is None or fmt == "zip":
+        return None
+    _untar(fh, dest, fmt, label, limits or Limits(), hasher)
+    return fmt
+
+
+def _untar(fh, dest: Path, fmt: str, label: str, limits: Limits, hasher: FileHasher | None) -> None:
     tree = _Tree(dest, label, limits, hasher)
     try:
-        with open(path, "rb", buffering=CHUNK) as fh:
-            stream = _Forward(fh if fmt == "tar" else io.BufferedReader(_Decompressed(fh, fmt), CHUNK))
-            # tarfile's random-access mode over our forward-only stream (see _Forward): its stream
-            # mode ("r|") copies what is left of its buffer on every read, so a large bufsize is
-            # quadratic in the member count and a small one costs a third more on large files.
-            stream.headers(MAX_HEADERS)
-            with tarfile.open(fileobj=stream, mode="r:") as tf:
-                while (m := tf.next()) is not None:
-                    stream.headers(None)
-                    tf.members.clear()  # tarfile keeps every TarInfo otherwise; we need none
-                    try:
-                        _tar_member(tf, m, tree)
-                    except OSError as err:
-                        if isinstance(err, ModelsyncError):
-                            raise
-                        raise tree.os_error(err, m.name) from None
-                    failpoints.hit("unpack")
-                    stream.headers(MAX_HEADERS)
+        stream = _Forward(fh if fmt == "tar" else io.BufferedReader(_Decompressed(fh, fmt), CHUNK))
+        # tarfile's random-access mode over our forward-only stream (see _Forward): its stream
+        # mode ("r|") copies what is left of its buffer on every read, so a large bufsize is
+        # quadratic in the member count and a small one costs a third more on large files.
+        stream.headers(MAX_HEADERS)
+        with tarfile.open(fileobj=stream, mode="r:") as tf:
+            while (m := tf.next()) is not None:
+                stream.headers(None)
+                tf.members.clear()  # tarfile keeps every TarInfo otherwise; we need none
+                try:
+                    _tar_member(tf, m, tree)
+                except OSError as err:
+                    if isinstance(err, ModelsyncError):
+                        raise
+                    raise tree.os_error(err, m.name) from None
+                failpoints.hit("unpack")
+                stream.headers(MAX_HEADERS)
     except _Corrupt as err:
         raise UnsafeArchive(f"{label}: not a valid {fmt} archive ({err})") from None
     except (tarfile.TarError, EOFError, ValueError, zlib.error, lzma.LZMAError) as err:

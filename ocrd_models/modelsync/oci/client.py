@@ -57,8 +57,8 @@ from ..errors import NetworkError, RegistryAuthError, UnsupportedProxy, UserInpu
 from ..progress import Meter
 from ..install.credentials import (DEFAULT_PORTS, Key, Origin, lookup, may_carry_credentials, origin, origin_text,
                                    parse_key, plain_http_allowed, valid_token, withheld)
-from ..install.fetch import (DNS_ATTEMPTS, RETRY_STATUS, Attempts, NetConfig, _reason, _retry_after, _status_text,
-                             _Transient)
+from ..install.retry import (DNS_ATTEMPTS, RETRY_STATUS, Attempts, NetConfig, Transient, reason_text, retry_after,
+                             status_text)
 from ..urls import redact
 
 log = logging.getLogger(__name__)
@@ -449,7 +449,7 @@ class RegistryClient:
         from ..install import transport
 
         attempts = Attempts(self.net, f"registry {self.ref.host}: {method} {redact(target.url)}")
-        last: _Transient | None = None
+        last: Transient | None = None
         final: Reply | None = None
         while attempts.next(last):
             final = None
@@ -461,24 +461,24 @@ class RegistryClient:
                 raise NetworkError(f"registry {self.ref.host}: {err}") from None
             except urllib3.exceptions.LocationValueError as err:  # a bad proxy URL: retrying cannot help
                 raise NetworkError(f"registry {self.ref.host}: {method} {redact(target.url)} failed: "
-                                   f"{_reason(err)}") from None
+                                   f"{reason_text(err)}") from None
             except urllib3.exceptions.SSLError as err:
                 if "CERTIFICATE_VERIFY_FAILED" in str(err):
                     raise NetworkError(
-                        f"registry {self.ref.host}: its TLS certificate is not trusted ({_reason(err)}). For a "
+                        f"registry {self.ref.host}: its TLS certificate is not trusted ({reason_text(err)}). For a "
                         "private CA, point REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) at its bundle.") from None
-                last = _Transient(_reason(err))
+                last = Transient(reason_text(err))
                 continue
             except urllib3.exceptions.NameResolutionError as err:
-                last = _Transient(_reason(err), attempts=DNS_ATTEMPTS)  # a wrong name stays wrong
+                last = Transient(reason_text(err), attempts=DNS_ATTEMPTS)  # a wrong name stays wrong
                 continue
             except urllib3.exceptions.HTTPError as err:
-                last = _Transient(_reason(err))
+                last = Transient(reason_text(err))
                 continue
             if reply.status not in RETRY_STATUS:
                 return reply
             final = reply
-            last = _Transient(_status_text(reply.status), _retry_after(reply))
+            last = Transient(status_text(reply.status), retry_after(reply))
         if final is not None:  # the caller says what the last status means
             return Reply(final.status, final.headers, final.body,
                          f" (after {attempts.made} attempt(s){attempts.why})" if attempts.made > 1 or attempts.why

@@ -174,6 +174,10 @@ class NetworkSettings(BaseModel):
     connect_timeout: float = Field(default=15.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
     keep_partial_days: float = Field(default=7.0, ge=0)  # how long an interrupted download is resumed
+    segments: int = Field(default=8, ge=1, le=32)  # connections one large file is fetched over at once
+    segment_from_mib: float = Field(default=64.0, gt=0)  # files at least this large are fetched in segments
+    connections_per_host: int = Field(default=8, ge=1, le=64)  # to one host, across all downloads of a run
+    min_speed: int = Field(default=1024, ge=0)  # bytes/s over read_timeout: a slower connection is replaced
 
 
 class Settings(BaseModel):

@@ -1,0 +1,133 @@
+"""The byte ranges of one file being fetched over several connections: which are on disk, which are
+being fetched (and by whom) and which wait. Thread-safe; knows nothing of HTTP.
+
+Work stealing: a connection that finds nothing waiting takes the second half of the largest range
+another connection is still fetching (that one stops where its range now ends), so the last
+segment never dominates. The bytes before a job's ``pos`` are claimed by it: a steal never takes
+them, so no byte is written by two connections.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable
+
+SPLIT_MIN = 2 << 20  # bytes: a range is split for an idle connection only if both halves get this many
+SPLIT_FLOOR = 64 << 10  # ... or, for a file too small to give every connection that, this many
+
+
+def split_min(total: int, connections: int) -> int:
+    """The smallest half worth a connection for a file of ``total`` bytes over ``connections``."""
+    return max(SPLIT_FLOOR, min(SPLIT_MIN, total // (2 * max(1, connections))))
+
+
+@dataclass
+class Job:
+    """One connection's range: ``[pos, end)`` is still to come (``end`` may be lowered by a steal)."""
+
+    start: int  # where the request for this job begins
+    pos: int  # the next byte this job writes; the bytes before it are claimed
+    end: int  # exclusive
+
+
+class RangeBook:
+    """The done, active and waiting ranges of a file of ``total`` bytes."""
+
+    def __init__(self, total: int, done: Iterable[tuple[int, int]] = (), split_min: int = SPLIT_MIN) -> None:
+        self.total = total
+        self.split_min = split_min
+        self.cond = threading.Condition()
+        self._starts: list[int] = []  # the done ranges, sorted and merged: starts and ends side by side
+        self._ends: list[int] = []
+        for start, end in done:
+            if 0 <= start < end <= total:
+                self._add(start, end)
+        self.active: list[Job] = []
+        self.waiting: deque[tuple[int, int]] = deque(self.gaps())
+        self.written = 0  # bytes written through this book (progress)
+
+    # -- done ranges ---------------------------------------------------------------------------------
+    def _add(self, start: int, end: int) -> None:
+        i = bisect.bisect_left(self._ends, start)  # the first range that ends at or after start
+        j = bisect.bisect_right(self._starts, end)  # ranges from i to j-1 touch [start, end)
+        if i < j:
+            start, end = min(start, self._starts[i]), max(end, self._ends[j - 1])
+        self._starts[i:j], self._ends[i:j] = [start], [end]
+
+    def done(self) -> list[tuple[int, int]]:
+        """The ranges on disk, sorted and merged."""
+        with self.cond:
+            return list(zip(self._starts, self._ends))
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """The ranges not on disk."""
+        out, pos = [], 0
+        for start, end in zip(self._starts, self._ends):
+            if start > pos:
+                out.append((pos, start))
+            pos = end
+        if pos < self.total:
+            out.append((pos, self.total))
+        return out
+
+    def prefix(self) -> int:
+        """How many bytes from the start are on disk without a gap."""
+        return self._ends[0] if self._starts and self._starts[0] == 0 else 0
+
+    def have(self) -> int:
+        """Bytes on disk in all."""
+        return sum(e - s for s, e in zip(self._starts, self._ends))
+
+    # -- jobs --------------------------------------------------------------------------------------
+    def take(self) -> Job | None:
+        """A range for an idle connection: one that waits, else half of the largest active one; None when
+        nothing is left worth a connection."""
+        with self.cond:
+            if self.waiting:
+                start, end = self.waiting.popleft()
+                job = Job(start, start, end)
+                self.active.append(job)
+                return job
+            victim = max(self.active, key=lambda j: j.end - j.pos, default=None)
+            if victim is None or victim.end - victim.pos < 2 * self.split_min:
+                return None
+            mid = victim.pos + (victim.end - victim.pos) // 2
+            job = Job(mid, mid, victim.end)
+            victim.end = mid
+            self.active.append(job)
+            return job
+
+    def claim(self, job: Job, n: int) -> int:
+        """How many of ``n`` bytes arriving at ``job.pos`` belong to the job (its end may have moved);
+        those are claimed (``pos`` moves past them) before they are written."""
+        with self.cond:
+            n = max(0, min(n, job.end - job.pos))
+            job.pos += n
+            return n
+
+    def wrote(self, start: int, n: int) -> None:
+        """``n`` bytes from ``start`` are on disk."""
+        with self.cond:
+            self._add(start, start + n)
+            self.written += n
+            self.cond.notify_all()
+
+    def give_back(self, job: Job) -> None:
+        """The job's connection failed or stopped: what it did not fetch waits for another one."""
+        with self.cond:
+            if job in self.active:
+                self.active.remove(job)
+            if job.pos < job.end:
+                self.waiting.append((job.pos, job.end))
+            self.cond.notify_all()
+
+    def finish(self, job: Job) -> None:
+        """The job's range is all on disk."""
+        self.give_back(job)
+
+    def complete(self) -> bool:
+        """Every byte is on disk."""
+        return self.prefix() == self.total
