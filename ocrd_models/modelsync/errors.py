@@ -172,6 +172,7 @@ def filesystem_error(err: OSError, path: "str | os.PathLike[str]", doing: str) -
         hint = "check the filesystem and run the command again."
     error = InstallError(f"cannot {doing} {path}: {reason}; {hint}")
     error.path, error.reason = os.fspath(path), reason
+    error.errno = err.errno  # callers tell a full disk from other trouble by it
     return error
 
 

@@ -28,6 +28,7 @@ writing the temp file names the filesystem (:func:`errors.filesystem_error`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -835,8 +836,9 @@ def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, 
     except BaseException as err:
         if feed is not None:
             feed.abandon()
+        # A full disk keeps nothing: the bytes kept would hold on to the space the user must free.
         kept = (download is not None and not isinstance(err, (ChecksumMismatch, _ResumedWrong))
-                and download.keep_for_resume())
+                and getattr(err, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and download.keep_for_resume())
         partial = download.partial if download is not None else partial
         if partial is None:
             dest.unlink(missing_ok=True)

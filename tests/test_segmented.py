@@ -1,0 +1,378 @@
+"""Segmented downloads: one large file over several connections, end to end through a real server on
+127.0.0.1 and real processes. The bytes installed are the server's, byte for byte, whatever the server
+does with ranges; a killed download resumes in the next process asking only for what is missing; a
+tar archive unpacks while it downloads and counts only when the download verified."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import Model, sha256
+from httpserver import Fault
+
+MiB = 1 << 20
+PROC = "ocrd-kraken-recognize"
+NAME = "big.mlmodel"
+MODELSYNC = str(Path(os.sys.executable).parent / "modelsync")
+SEGMENTED = "segments = 4\nsegment_from_mib = 1"
+_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(sandbox, monkeypatch):
+    monkeypatch.setenv("MODELSYNC_BACKOFF", "0.05")
+    monkeypatch.setenv("MODELSYNC_READ_TIMEOUT", "2")
+
+
+def _installed(sandbox, name: str = NAME) -> bytes | None:
+    path = sandbox.data_dir(PROC) / name
+    return path.read_bytes() if path.exists() else None
+
+
+def _requests(server, path: str) -> list[dict[str, str]]:
+    return [h for p, h in server.headers_seen if p == path]
+
+
+def _asked(server, path: str) -> list[tuple[int, int]]:
+    """The [start, end) ranges of the bounded range requests that reached ``path``."""
+    out = []
+    for h in _requests(server, path):
+        m = _RANGE.fullmatch(h.get("Range") or "")
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)) + 1))
+    return out
+
+
+def _lock_sha(sandbox) -> str:
+    return tomllib.loads((sandbox.project / "models.lock").read_text())["resource"][0]["sha256"]
+
+
+def _partials(sandbox) -> list[Path]:
+    root = sandbox.cache / "ocrd-modelsync" / "partial"
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def test_a_large_file_comes_over_several_connections_byte_for_byte(sandbox, server):
+    blob = os.urandom(24 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 8 * MiB  # per response: several connections at once are faster than one
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    assert server.max_inflight >= 2  # the connections overlapped
+    asked = _asked(server, "/big")
+    assert len(asked) >= 2
+    etag = '"' + sha256(blob)[:16] + '"'
+    assert all(h.get("If-Range") == etag for h in _requests(server, "/big") if h.get("Range"))
+    assert all(0 < start < end <= len(blob) for start, end in asked)
+    assert list(sandbox.root.rglob(".modelsync-tmp-*")) == [] and _partials(sandbox) == []
+
+
+def test_segmented_and_single_stream_install_the_same_bytes(sandbox, server, tmp_path):
+    blob = os.urandom(9 * MiB + 12345)  # not a multiple of any chunk size
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
+    assert sandbox.run("sync").code == 0
+    segmented = _installed(sandbox)
+    assert len(_asked(server, "/big")) >= 1
+    sandbox.declare(Model("single.mlmodel", url), processor=PROC, network="segments = 1")
+    server.headers_seen.clear()
+    assert sandbox.run("sync").code == 0
+    assert _asked(server, "/big") == []  # one connection, no ranges
+    assert segmented == _installed(sandbox, "single.mlmodel") == blob
+
+
+def test_small_files_and_servers_without_ranges_use_one_connection(sandbox, server):
+    blob = os.urandom(3 * MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url), processor=PROC, network="segments = 4\nsegment_from_mib = 8")
+    assert sandbox.run("sync").code == 0
+    assert _installed(sandbox) == blob and _asked(server, "/big") == []  # below the threshold
+
+
+def test_a_server_that_answers_a_range_with_the_whole_file_gets_one_connection(sandbox, server):
+    blob = os.urandom(12 * MiB)
+    url = server.add("/big", blob)
+    server.ignore_range.add("/big")  # says Accept-Ranges: bytes, then answers 200 to every range
+    server.rate = 16 * MiB
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    last = _requests(server, "/big")[-1]
+    assert "Range" not in last  # started over on one connection, from byte 0
+
+
+def test_a_file_that_changes_during_a_segmented_download_is_never_mixed(sandbox, server):
+    old, new = os.urandom(16 * MiB), os.urandom(16 * MiB)
+    url = server.add("/big", old)
+    server.rate = 4 * MiB  # about a second per connection: the change lands mid-download
+    sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
+    swap = threading.Timer(0.6, lambda: server.files.__setitem__("/big", new))
+    swap.start()
+    try:
+        r = sandbox.run("sync")
+    finally:
+        swap.cancel()
+    assert r.code == 0, r.err
+    got = _installed(sandbox)
+    assert got in (old, new)  # never old bytes beside new ones
+    assert _lock_sha(sandbox) == sha256(got)
+
+
+def test_connections_that_drop_at_random_still_give_the_right_bytes(sandbox, server):
+    blob = os.urandom(16 * MiB)
+    url = server.add("/big", blob)
+    server.faults["/big"] = Fault(reset_at=700_000, times=6)  # the first six requests break mid-body
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+
+
+def test_a_stalled_connection_is_replaced_not_waited_for(sandbox, server, monkeypatch):
+    blob = os.urandom(16 * MiB)
+    url = server.add("/big", blob)
+    # The first response goes silent after 1 MiB for far longer than read_timeout (2 s): its range is
+    # re-queued to another connection, and the run does not wait the stall out.
+    server.faults["/big"] = Fault(stall_at=MiB, stall_for=30, times=1)
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
+    t0 = time.monotonic()
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    assert time.monotonic() - t0 < 15
+
+
+def test_a_killed_segmented_download_resumes_asking_only_for_the_missing_ranges(sandbox, server):
+    blob = os.urandom(24 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 2 * MiB  # per connection: about 3 s for the whole file over 4
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
+    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": "download=40"}  # the 40th chunk of 256 KiB: ~10 MiB in
+    first = subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    [kept] = _partials(sandbox)
+    state = json.loads((kept / "state.json").read_text())
+    done = [tuple(r) for r in state["ranges"]] or [(0, state["size"])]
+    have = sum(e - s for s, e in done)
+    assert 0 < have < len(blob) and state["total"] == len(blob)
+
+    server.rate = None
+    server.headers_seen.clear()
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    asked = _asked(server, "/big")
+    assert asked and all("Range" in h for h in _requests(server, "/big"))  # no request from byte 0
+    for start, end in asked:  # nothing the first process had on disk was asked for again
+        assert all(end <= s or start >= e for s, e in done), (start, end, done)
+    assert _union(asked) == _union(_gaps(done, len(blob)))  # and everything else was
+    assert _partials(sandbox) == []
+
+
+def _union(ranges) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [tuple(r) for r in out]
+
+
+def _gaps(done, total: int) -> list[tuple[int, int]]:
+    out, pos = [], 0
+    for start, end in sorted(done):
+        if start > pos:
+            out.append((pos, start))
+        pos = end
+    return out + ([(pos, total)] if pos < total else [])
+
+
+def test_a_tampered_range_record_is_not_trusted(sandbox, server):
+    blob = os.urandom(12 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 2 * MiB
+    sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
+    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": "download=40"}
+    subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=env, capture_output=True, timeout=120)
+    [kept] = _partials(sandbox)
+    state = json.loads((kept / "state.json").read_text())
+    state["ranges"] = [[0, len(blob)]]  # claims every byte (holes of zeros would be installed)
+    state["size"] = len(blob)
+    (kept / "state.json").write_text(json.dumps(state))
+    server.rate = None
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob  # the record's claim was refused (data shorter than it says)
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_a_tar_archive_unpacks_while_it_downloads(sandbox, server):
+    members = {f"model/part{i}.bin": os.urandom(2 * MiB) for i in range(4)}
+    archive = _tar_gz(members)
+    url = server.add("/model.tar.gz", archive)
+    server.rate = 2 * MiB  # about 4 s: the first member is written long before the last byte arrives
+    sandbox.declare(Model("model", url, type="archive", path_in_archive="model"), processor=PROC)
+    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": "unpack=1"}  # killed when the first member is written
+    first = subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    # The download was still under way: no verified blob in the cache, its bytes still arriving.
+    blobs = sandbox.cache / "ocrd-modelsync" / "blobs"
+    assert not blobs.exists() or not any(p.is_file() for p in blobs.rglob("*"))
+    assert not (sandbox.data_dir(PROC) / "model").exists()
+
+    server.rate = None
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    got = {p.name: p.read_bytes() for p in (sandbox.data_dir(PROC) / "model").iterdir()}
+    assert got == {k.split("/")[1]: v for k, v in members.items()}
+
+
+def test_an_archive_that_changes_while_it_unpacks_installs_only_the_verified_tree(sandbox, server):
+    old = _tar_gz({"model/a.bin": os.urandom(3 * MiB), "model/b.bin": os.urandom(3 * MiB)})
+    new_members = {"model/a.bin": os.urandom(3 * MiB), "model/c.bin": os.urandom(3 * MiB)}
+    new = _tar_gz(new_members)
+    url = server.add("/model.tar.gz", old)
+    server.rate = 4 * MiB
+    sandbox.declare(Model("model", url, type="archive", path_in_archive="model"), processor=PROC,
+                    network=SEGMENTED)
+    swap = threading.Timer(0.5, lambda: server.files.__setitem__("/model.tar.gz", new))
+    swap.start()
+    try:
+        r = sandbox.run("sync")
+    finally:
+        swap.cancel()
+    assert r.code == 0, r.err
+    got = {p.name: p.read_bytes() for p in (sandbox.data_dir(PROC) / "model").iterdir()}
+    expected_new = {k.split("/")[1]: v for k, v in new_members.items()}
+    if got != expected_new:  # the swap came after the download: then the old tree, whole
+        with tarfile.open(fileobj=io.BytesIO(old)) as tf:
+            assert got == {m.name.split("/")[1]: tf.extractfile(m).read() for m in tf.getmembers()}
+
+
+def test_a_pinned_archive_that_does_not_verify_installs_nothing_it_unpacked(sandbox, server):
+    archive = _tar_gz({"model/a.bin": os.urandom(2 * MiB)})
+    url = server.add("/model.tar.gz", archive)
+    sandbox.declare(Model("model", url, type="archive", path_in_archive="model", sha256="0" * 64),
+                    processor=PROC)
+    r = sandbox.run("sync")
+    assert r.code == 4, r.err  # a checksum mismatch (README: exit codes)
+    assert not (sandbox.data_dir(PROC) / "model").exists()
+    assert list(sandbox.root.rglob(".modelsync-tmp-*")) == []
+
+
+def test_connections_to_one_host_stay_within_the_cap(sandbox, server):
+    blobs = {f"/m{i}": os.urandom(8 * MiB) for i in range(3)}
+    models = [Model(f"m{i}.bin", server.add(path, data)) for i, (path, data) in enumerate(blobs.items())]
+    server.rate = 8 * MiB
+    sandbox.declare(*models, processor=PROC, settings="parallel = 3",
+                    network="segments = 4\nsegment_from_mib = 1\nconnections_per_host = 3")
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert 2 <= server.max_inflight <= 3
+    for i, data in enumerate(blobs.values()):
+        assert _installed(sandbox, f"m{i}.bin") == data
+
+
+def test_the_range_book_splits_merges_and_never_hands_a_byte_out_twice():
+    from ocrd_models.modelsync.install.ranges import RangeBook
+
+    book = RangeBook(100, done=[(10, 20), (20, 30), (50, 60)], split_min=5)
+    assert book.done() == [(10, 30), (50, 60)]
+    assert book.gaps() == [(0, 10), (30, 50), (60, 100)]
+    jobs = [book.take() for _ in range(3)]
+    assert [(j.pos, j.end) for j in jobs] == [(0, 10), (30, 50), (60, 100)]
+    thief = book.take()  # nothing waits: half of the largest range left (60-100)
+    assert (thief.pos, thief.end, jobs[2].end) == (80, 100, 80)
+    assert book.claim(jobs[2], 30) == 20  # the victim keeps only what is still its own
+    book.wrote(60, 20)
+    book.give_back(jobs[0])
+    assert book.take().pos == 0  # a range given back waits for the next idle connection
+    assert book.prefix() == 0 and book.have() == 50
+
+
+def test_a_resume_record_with_impossible_ranges_is_refused():
+    from ocrd_models.modelsync.install.partial import _state
+
+    good = {"url": "u", "size": 10, "total": 100, "etag": '"e"', "last_modified": None, "date_validator": False,
+            "boot": "", "durable": True, "ranges": [[0, 10], [20, 30]]}
+    assert _state(good) is not None
+    for ranges, size in ([[[0, 10], [5, 30]], 10], [[[0, 10], [20, 300]], 10], [[[20, 10]], 0],
+                         [[[0, 10], [10, 20]], 10], [[[0, 10]], 5], [[[1, 10]], 10], [[["0", 10]], 10]):
+        assert _state({**good, "ranges": ranges, "size": size}) is None, ranges
+
+
+@pytest.fixture
+def small_disk(sandbox):
+    """A 16 MiB tmpfs as the cache (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
+    mnt = sandbox.root / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_segmented_download_larger_than_the_free_space_fails_before_writing(sandbox, server, small_disk):
+    blob = os.urandom(20 * MiB)
+    url = server.add("/big", blob)
+    sandbox.declare(Model(NAME, url), processor=PROC, settings=f'cache_dir = "{small_disk}"', network=SEGMENTED)
+    r = sandbox.run("sync")
+    assert r.code == 8, r.err
+    assert f"mounted at {small_disk}" in r.err and "needs" in r.err
+    assert _asked(server, "/big") == []  # no second connection was opened
+    assert sum(p.stat().st_size for p in small_disk.rglob("*") if p.is_file()) < 64 * 1024
+
+
+def test_a_disk_that_fills_during_a_segmented_download_keeps_nothing_and_converges(sandbox, server, small_disk):
+    blob = os.urandom(12 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 4 * MiB  # per connection: the filler below lands mid-download
+    sandbox.declare(Model(NAME, url), processor=PROC, settings=f'cache_dir = "{small_disk}"', network=SEGMENTED)
+    filler = small_disk / "filler"
+    fill = threading.Timer(0.3, lambda: filler.write_bytes(b"x" * (8 * MiB)))
+    fill.start()
+    try:
+        r = sandbox.run("sync")
+    finally:
+        fill.join()
+    assert r.code == 8, r.err
+    assert "full" in r.err and str(small_disk) in r.err and "Traceback" not in r.err
+    assert _installed(sandbox) is None
+    left = [p for p in small_disk.rglob("*") if p.is_file() and p != filler]
+    assert sum(p.stat().st_size for p in left) < 64 * 1024  # temp file and partial gone: the space is free
+    filler.unlink()
+    server.rate = None
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
