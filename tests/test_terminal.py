@@ -238,3 +238,26 @@ def test_debug_shows_the_traceback_of_a_failure_inside_the_live_display(sandbox,
     assert "Traceback (most recent call last)" in debug.text and "RuntimeError: injected bug" in debug.text
     assert "lost sys.stderr" not in debug.text
     assert debug.raw.rfind(b"\x1b[?25h") >= debug.raw.rfind(b"\x1b[?25l"), "the cursor was left hidden"
+
+
+def test_ctrl_c_during_a_segmented_download_stops_every_connection_at_once(sandbox, server):
+    import time
+
+    blob = os.urandom(16 * 1024 * 1024)
+    server.add("/seg.bin", blob)
+    server.rate = 1024 * 1024  # per connection: about 4 s over four connections
+    sandbox.declare(Model("seg.bin", server.url("/seg.bin")), processor=PROC,
+                    network="segments = 4\nsegment_from_mib = 1")
+    t0 = time.monotonic()
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), interrupt_after=1.5)
+    took = time.monotonic() - t0
+    assert r.code == 130, r.text
+    assert took < 1.5 + 2.0, f"the connections were waited for: {took:.1f} s"
+    assert "interrupted" in r.text and "Traceback" not in r.text
+    assert _temp_files(sandbox) == [] and _installed(sandbox) == {}
+    partial = sandbox.cache / "ocrd-modelsync" / "partial"
+    assert len(list(partial.iterdir())) == 1  # what arrived is kept for the next run
+    server.rate = None
+    again = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env())
+    assert again.code == 0, again.text
+    assert _installed(sandbox) == {"seg.bin": sha256(blob)}

@@ -100,6 +100,11 @@ class RangeBook:
             self.active.append(job)
             return job
 
+    def stealable(self) -> bool:
+        """A range waits, or an active one is large enough to split for another connection."""
+        with self.cond:
+            return bool(self.waiting) or any(j.end - j.pos >= 2 * self.split_min for j in self.active)
+
     def claim(self, job: Job, n: int) -> int:
         """How many of ``n`` bytes arriving at ``job.pos`` belong to the job (its end may have moved);
         those are claimed (``pos`` moves past them) before they are written."""

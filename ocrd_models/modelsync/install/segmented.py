@@ -118,25 +118,39 @@ class SegmentedRun:
     # -- the caller's thread -------------------------------------------------------------------------
     def run(self, first: "Response | None" = None) -> None:
         """Fetch what is missing (``first``: a 200 from byte 0 that becomes the first connection)."""
-        extra = 0
-        wanted = max(0, self.net.segments - 1)
-        while extra < wanted and SLOTS.acquire(self.host, self.net.connections_per_host, wait=False):
-            extra += 1
-        threads = [threading.Thread(target=self._work, args=(first, False), name="modelsync-segment", daemon=True)]
-        threads += [threading.Thread(target=self._work, args=(None, True), name="modelsync-segment", daemon=True)
-                    for _ in range(extra)]
-        self.live = len(threads)
-        log.info("fetching %s over %d connections", redact(self.source.url), len(threads))
-        for thread in threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []
+        # The first range is taken here, before any other connection can take it: the 200 from byte 0
+        # serves the range that starts there.
+        self._start(first, extra=False, job=self.book.take())
+        while self._more():
+            pass
+        log.info("fetching %s over %d connections", redact(self.source.url), self.live)
         try:
             self._follow()
         finally:
-            self._stop(threads)
+            self._stop(self._threads)
+
+    def _start(self, first: "Response | None", extra: bool, job: Job | None = None) -> None:
+        thread = threading.Thread(target=self._work, args=(first, extra, job), name="modelsync-segment",
+                                  daemon=True)
+        with self.book.cond:
+            self.live += 1
+        self._threads.append(thread)
+        thread.start()
+
+    def _more(self) -> bool:
+        """Open one more connection if this file wants one, there is work for it and the host has a free
+        slot (another download to the same host may have ended meanwhile); True if it did."""
+        if self.stopping or self.live >= self.net.segments or not self.book.stealable():
+            return False
+        if not SLOTS.acquire(self.host, self.net.connections_per_host, wait=False):
+            return False
+        self._start(None, extra=True)
+        return True
 
     def _follow(self) -> None:
         """Hash the prefix as it grows; show progress; record checkpoints; raise what ended the run."""
-        book, written = self.book, self.book.written
+        book, written = self.book, 0  # book.written counts from 0: the connections may be ahead of us
         last_checkpoint = time.monotonic()
         while True:
             with book.cond:
@@ -157,9 +171,11 @@ class SegmentedRun:
                 raise NetworkError(f"download of {redact(self.source.url)} failed: every connection gave up "
                                    f"({self.gave_up}). Check the network and run the command again: it resumes "
                                    "from the bytes fetched so far.", url=redact(self.source.url))
-            if self.checkpoint is not None and time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
+            if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                 last_checkpoint = time.monotonic()
-                self.checkpoint(book.prefix(), book.done())
+                self._more()
+                if self.checkpoint is not None:
+                    self.checkpoint(book.prefix(), book.done())
 
     def _hash(self, upto: int) -> None:
         while self.hashed < upto:
@@ -190,18 +206,19 @@ class SegmentedRun:
             thread.join(0.5)
 
     # -- connections ---------------------------------------------------------------------------------
-    def _work(self, first: "Response | None", extra: bool) -> None:
+    def _work(self, first: "Response | None", extra: bool, job: Job | None) -> None:
         attempts: Attempts | None = None
         try:
             while not self.stopping:
-                job = self.book.take()
+                job = job or self.book.take()
                 if job is None:
                     return
                 before = job.pos
                 try:
-                    resp, first = (first, None) if first is not None and job.start == 0 else (None, first)
+                    resp, first = (first, None) if first is not None and job.pos == 0 else (None, first)
                     self._fetch(job, resp)
                     self.book.finish(job)
+                    job = None
                 except Transient as err:
                     self.book.give_back(job)
                     if err.restart:
@@ -212,6 +229,7 @@ class SegmentedRun:
                     if attempts is None or job.pos > before:  # a connection that moved counts afresh
                         attempts = Attempts(self.net, redact(self.source.url))
                         attempts.next(None)
+                    job = None  # given back: the next range is taken anew (maybe by another connection)
                     if not attempts.next(err):
                         self.gave_up = err
                         return
