@@ -174,6 +174,14 @@ class PipelinedSha256:
             self._q.put(self._DONE)
             self._thread.join()
 
+    def inline(self) -> "InlineSha256":
+        """The same hash going on on the caller's thread (every queued byte hashed first): for a caller that
+        reads its bytes back from a file and may hand over reused buffers."""
+        self.close()
+        inline = InlineSha256()
+        inline._h = self._h
+        return inline
+
 
 class InlineSha256:
     """The same interface as :class:`PipelinedSha256`, hashing on the caller's thread.

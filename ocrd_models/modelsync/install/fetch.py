@@ -46,7 +46,7 @@ from .partial import Partial, PartialStore, ResumeState
 from .retry import (DNS_ATTEMPTS, RETRY_STATUS, Attempts, NetConfig, SpeedFloor, Transient, http_date, log, reason_text,
                     retry_after, short, status_text)
 from ..urls import redact, strip_userinfo
-from ..digest import stream_hasher
+from ..digest import PipelinedSha256, stream_hasher
 from ..progress import Meter
 from ..errors import ChecksumMismatch, InstallError, NetworkError, UnsupportedProxy, UserInputError, filesystem_error
 
@@ -455,6 +455,8 @@ class _Download:
             if first is not None:
                 first.close()
             raise filesystem_error(err, self.dest.parent, "write") from None
+        if isinstance(self.hash, PipelinedSha256):
+            self.hash = self.hash.inline()  # the run's own thread hashes, from a reused buffer
         run = SegmentedRun(self, fd, book, self.hash, self.size, host=self.host, meter=self.meter, tap=self.tap,
                            checkpoint=self._segment_checkpoint, dest_dir=str(self.dest.parent))
         try:
@@ -562,7 +564,10 @@ class _Download:
         floor = SpeedFloor(self.net.read_timeout, self.deadline)
         try:
             fout = open(self.dest, "r+b", buffering=0)
-            fout.truncate(self.size)  # bytes after our gap-free prefix (of a segmented attempt) are not kept
+            # Bytes after our gap-free prefix (of a segmented attempt) are not kept. Only when there are
+            # any: ext4 flushes a file truncated and rewritten when it is closed (auto_da_alloc).
+            if os.fstat(fout.fileno()).st_size != self.size:
+                fout.truncate(self.size)
             fout.seek(self.size)
         except OSError as err:
             raise filesystem_error(err, self.dest.parent, "write") from None

@@ -114,6 +114,7 @@ class SegmentedRun:
         self._responses: set = set()
         self._lock = threading.Condition()  # guards _responses, _writing and the switch to stopping
         self._writing = 0  # pwrites in progress: the run is over only when none is
+        self._buffer = memoryview(bytearray(HASH_CHUNK))  # hasher: an InlineSha256 (it never keeps a buffer)
 
     # -- the caller's thread -------------------------------------------------------------------------
     def run(self, first: "Response | None" = None) -> None:
@@ -178,16 +179,20 @@ class SegmentedRun:
                     self.checkpoint(book.prefix(), book.done())
 
     def _hash(self, upto: int) -> None:
+        """Hash the file from ``hashed`` to ``upto`` on this thread (hashlib lets the connections run
+        meanwhile), read back through one reused buffer: no allocation per chunk."""
+        view = self._buffer
         while self.hashed < upto:
+            want = min(HASH_CHUNK, upto - self.hashed)
             try:
-                data = os.pread(self.fd, min(HASH_CHUNK, upto - self.hashed), self.hashed)
+                n = os.preadv(self.fd, [view[:want]], self.hashed)
             except OSError as err:
                 raise filesystem_error(err, self.dest_dir, "read") from None
-            if not data:  # cannot happen for bytes on disk: never hash a hole as zeros
+            if not n:  # cannot happen for bytes on disk: never hash a hole as zeros
                 raise NetworkError(f"download of {redact(self.source.url)} failed: the temp file is shorter than "
                                    "the bytes written to it; the disk (or another process) changed it.")
-            self.hasher.update(data)
-            self.hashed += len(data)
+            self.hasher.update(view[:n])
+            self.hashed += n
         if self.tap is not None:
             self.tap.grow(self.hashed)
 
