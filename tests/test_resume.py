@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import Model, sha256
+from conftest import Model, sha256, tmpfs
 from httpserver import Fault, FileServer
 
 MiB = 1 << 20
@@ -211,17 +211,8 @@ def test_cache_prune_removes_abandoned_partials(sandbox, server):
 @pytest.fixture
 def small_disk(sandbox):
     """A 4 MiB tmpfs as the cache (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
-    mnt = sandbox.root / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with tmpfs(sandbox.root / "small", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_download_larger_than_the_free_space_fails_before_writing(sandbox, server, small_disk):

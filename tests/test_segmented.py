@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import Model, sha256
+from conftest import Model, sha256, tmpfs
 from httpserver import Fault
 
 MiB = 1 << 20
@@ -61,6 +61,24 @@ def _lock_sha(sandbox) -> str:
 def _partials(sandbox) -> list[Path]:
     root = sandbox.cache / "ocrd-modelsync" / "partial"
     return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def _sync_while(sandbox, delay: float, action):
+    """``sandbox.run("sync")`` with ``action`` done ``delay`` seconds into it (a file swapped, a disk filled)."""
+    timer = threading.Timer(delay, action)
+    timer.start()
+    try:
+        return sandbox.run("sync")
+    finally:
+        timer.cancel()
+        timer.join()
+
+
+def _killed(sandbox, failpoint: str) -> subprocess.CompletedProcess:
+    """``modelsync sync`` in a new process, SIGKILLed at ``failpoint`` (MODELSYNC_FAILPOINTS)."""
+    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": failpoint}
+    return subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=env, capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_a_large_file_comes_over_several_connections_byte_for_byte(sandbox, server):
@@ -120,12 +138,7 @@ def test_a_file_that_changes_during_a_segmented_download_is_never_mixed(sandbox,
     url = server.add("/big", old)
     server.rate = 4 * MiB  # about a second per connection: the change lands mid-download
     sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
-    swap = threading.Timer(0.6, lambda: server.files.__setitem__("/big", new))
-    swap.start()
-    try:
-        r = sandbox.run("sync")
-    finally:
-        swap.cancel()
+    r = _sync_while(sandbox, 0.6, lambda: server.files.__setitem__("/big", new))
     assert r.code == 0, r.err
     got = _installed(sandbox)
     assert got in (old, new)  # never old bytes beside new ones
@@ -161,9 +174,7 @@ def test_a_killed_segmented_download_resumes_asking_only_for_the_missing_ranges(
     url = server.add("/big", blob)
     server.rate = 2 * MiB  # per connection: about 3 s for the whole file over 4
     sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
-    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": "download=40"}  # the 40th chunk of 256 KiB: ~10 MiB in
-    first = subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=env, capture_output=True, text=True,
-                           timeout=120)
+    first = _killed(sandbox, "download=40")  # at the 40th read of a connection: a few MiB in
     assert first.returncode == -signal.SIGKILL, first.stderr
     [kept] = _partials(sandbox)
     state = json.loads((kept / "state.json").read_text())
@@ -208,8 +219,7 @@ def test_a_tampered_range_record_is_not_trusted(sandbox, server):
     url = server.add("/big", blob)
     server.rate = 2 * MiB
     sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
-    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": "download=40"}
-    subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=env, capture_output=True, timeout=120)
+    assert _killed(sandbox, "download=40").returncode == -signal.SIGKILL
     [kept] = _partials(sandbox)
     state = json.loads((kept / "state.json").read_text())
     state["ranges"] = [[0, len(blob)]]  # claims every byte (holes of zeros would be installed)
@@ -237,9 +247,7 @@ def test_a_tar_archive_unpacks_while_it_downloads(sandbox, server):
     url = server.add("/model.tar.gz", archive)
     server.rate = 2 * MiB  # about 4 s: the first member is written long before the last byte arrives
     sandbox.declare(Model("model", url, type="archive", path_in_archive="model"), processor=PROC)
-    env = {**sandbox.env(), "MODELSYNC_FAILPOINTS": "unpack=1"}  # killed when the first member is written
-    first = subprocess.run([MODELSYNC, "sync"], cwd=sandbox.project, env=env, capture_output=True, text=True,
-                           timeout=120)
+    first = _killed(sandbox, "unpack=1")  # when the first member is written
     assert first.returncode == -signal.SIGKILL, first.stderr
     # The download was still under way: no verified blob in the cache, its bytes still arriving.
     blobs = sandbox.cache / "ocrd-modelsync" / "blobs"
@@ -261,12 +269,7 @@ def test_an_archive_that_changes_while_it_unpacks_installs_only_the_verified_tre
     server.rate = 4 * MiB
     sandbox.declare(Model("model", url, type="archive", path_in_archive="model"), processor=PROC,
                     network=SEGMENTED)
-    swap = threading.Timer(0.5, lambda: server.files.__setitem__("/model.tar.gz", new))
-    swap.start()
-    try:
-        r = sandbox.run("sync")
-    finally:
-        swap.cancel()
+    r = _sync_while(sandbox, 0.5, lambda: server.files.__setitem__("/model.tar.gz", new))
     assert r.code == 0, r.err
     got = {p.name: p.read_bytes() for p in (sandbox.data_dir(PROC) / "model").iterdir()}
     expected_new = {k.split("/")[1]: v for k, v in new_members.items()}
@@ -330,17 +333,8 @@ def test_a_resume_record_with_impossible_ranges_is_refused():
 @pytest.fixture
 def small_disk(sandbox):
     """A 16 MiB tmpfs as the cache (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
-    mnt = sandbox.root / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with tmpfs(sandbox.root / "small", "16m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_segmented_download_larger_than_the_free_space_fails_before_writing(sandbox, server, small_disk):
@@ -360,12 +354,7 @@ def test_a_disk_that_fills_during_a_segmented_download_keeps_nothing_and_converg
     server.rate = 4 * MiB  # per connection: the filler below lands mid-download
     sandbox.declare(Model(NAME, url), processor=PROC, settings=f'cache_dir = "{small_disk}"', network=SEGMENTED)
     filler = small_disk / "filler"
-    fill = threading.Timer(0.3, lambda: filler.write_bytes(b"x" * (8 * MiB)))
-    fill.start()
-    try:
-        r = sandbox.run("sync")
-    finally:
-        fill.join()
+    r = _sync_while(sandbox, 0.3, lambda: filler.write_bytes(b"x" * (8 * MiB)))
     assert r.code == 8, r.err
     assert "full" in r.err and str(small_disk) in r.err and "Traceback" not in r.err
     assert _installed(sandbox) is None
