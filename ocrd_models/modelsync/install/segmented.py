@@ -24,10 +24,11 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from .. import failpoints
+from ..digest import PipelinedSha256
 from ..errors import NetworkError, filesystem_error
 from ..urls import redact
 from .growing import GrowingFile
-from .ranges import Job, RangeBook
+from .ranges import Job, RangeBook, split_min
 from .retry import Attempts, SpeedFloor, Transient, log, reason_text
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class Stopped(Exception):
 
 
 class SegmentSource:
-    """What the segmented run needs from its download (:class:`fetch._Download` implements it)."""
+    """What the segmented run needs from its download (:class:`.download.HttpDownload` implements it)."""
 
     url: str
     net: "NetConfig"
@@ -336,3 +337,57 @@ class SegmentedRun:
                 self._writing -= 1
                 if not self._writing:
                     self._lock.notify_all()
+
+
+class SegmentedDownload:
+    """What makes an HTTP download (:class:`.download.HttpDownload`, which this is mixed into) go over
+    several connections: when it is worth it, and the hand-over of its state to a :class:`SegmentedRun`
+    and back. The download is this run's :class:`SegmentSource`."""
+
+    def _segment_worthy(self, remaining: int) -> bool:
+        return (self.segmentable and self.total is not None and self._if_range() is not None
+                and remaining >= self.net.segment_from_mib * (1 << 20))
+
+    def _may_segment(self, resp) -> bool:
+        """A fresh 200 that may become the first of several connections (see :mod:`.segmented`)."""
+        accepts = (resp.headers.get("Accept-Ranges") or "").lower()
+        return self.size == 0 and "bytes" in accepts.split(",") and self._segment_worthy(self.total or 0)
+
+    def _may_resume_segmented(self) -> bool:
+        """Kept bytes with gaps (only segments fill them), or enough left to be worth several connections."""
+        gaps = len(self.ranges) > 1 or (self.ranges and self.ranges[0][0] != 0)
+        return (gaps or self.total is not None and self._segment_worthy(self.total - self._have())) and \
+            self._segment_worthy(self.net.segment_from_mib * (1 << 20))
+
+    def _segmented(self, first) -> bool:
+        """Fetch what is missing over several connections (``first``: the fresh 200 that becomes one)."""
+        book = RangeBook(self.total, self.ranges or ([(0, self.size)] if self.size else []),
+                         split_min(self.total, self.net.segments))
+        if first is None and self.reserve is not None:
+            self.reserve(self.total - book.have(), self.total)
+        try:
+            fd = os.open(self.dest, os.O_RDWR)
+        except OSError as err:
+            if first is not None:
+                first.close()
+            raise filesystem_error(err, self.dest.parent, "write") from None
+        if isinstance(self.hash, PipelinedSha256):
+            self.hash = self.hash.inline()  # the run's own thread hashes, from a reused buffer
+        run = SegmentedRun(self, fd, book, self.hash, self.size, host=self.host, meter=self.meter, tap=self.tap,
+                           checkpoint=self._segment_checkpoint, dest_dir=str(self.dest.parent))
+        try:
+            run.run(first)
+        except Transient as err:
+            if err.restart:
+                self.segmentable = False  # the server broke the rules of ranges: one connection from now on
+            raise
+        finally:
+            os.close(fd)
+            self.size, self.ranges = book.prefix(), book.done()
+        self.ranges = []
+        return True
+
+    def _segment_checkpoint(self, prefix: int, done: list[tuple[int, int]]) -> None:
+        if self.partials is not None:
+            self.size, self.ranges = prefix, done
+            self._record(None)
