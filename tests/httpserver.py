@@ -31,6 +31,10 @@ class Fault:
     then_serve: bytes | None = None  # after the fault fired, the path serves these bytes instead
     times: int = 1_000_000
     headers: dict[str, str] = field(default_factory=dict)
+    only_ranges: bool = False  # applies only to requests with a Range header (segments, resumes)
+    rate: int | None = None  # bytes per second for this response (a trickle)
+    head_delay: float = 0.0  # seconds before the response head is sent
+    beyond_inflight: int | None = None  # applies only while more requests than this are being answered
 
 
 class FileServer:
@@ -80,15 +84,16 @@ class FileServer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def _write(self, data: bytes) -> None:
-                if not server.rate:
+            def _write(self, data: bytes, rate: int | None = None) -> None:
+                rate = rate or server.rate
+                if not rate:
                     self.wfile.write(data)
                     return
-                step = max(1, server.rate // 20)
+                step = max(1, rate // 20)
                 for i in range(0, len(data), step):
                     self.wfile.write(data[i:i + step])
                     self.wfile.flush()
-                    time.sleep(step / server.rate)
+                    time.sleep(step / rate)
 
             def _serve(self, head: bool):
                 path = urlsplit(self.path).path
@@ -96,6 +101,11 @@ class FileServer:
                     server.requests.append((self.command, self.path))
                     server.headers_seen.append((self.path, dict(self.headers)))
                     fault = server.faults.get(path)
+                    if fault is not None and fault.only_ranges and "Range" not in self.headers:
+                        fault = None
+                    if fault is not None and fault.beyond_inflight is not None and \
+                            server.inflight <= fault.beyond_inflight:
+                        fault = None
                     if fault is not None:
                         fault.times -= 1
                         if fault.times < 0:
@@ -103,6 +113,8 @@ class FileServer:
                     body = server.files.get(path)
                     if fault is not None and fault.then_serve is not None:
                         server.files[path] = fault.then_serve
+                if fault is not None and fault.head_delay:
+                    time.sleep(fault.head_delay)
                 if fault is not None and fault.redirect_to:
                     return self._empty(302, {"Location": fault.redirect_to})
                 if fault is not None and fault.status:
@@ -137,6 +149,8 @@ class FileServer:
                 chunk = body[start:end]
                 if fault is None:
                     return self._write(chunk)
+                if fault.rate:
+                    return self._write(chunk, fault.rate)
                 if fault.stall_at is not None:
                     self._write(chunk[: fault.stall_at])
                     self.wfile.flush()

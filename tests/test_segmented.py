@@ -365,3 +365,76 @@ def test_a_disk_that_fills_during_a_segmented_download_keeps_nothing_and_converg
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
+
+
+# -- found by an attack from outside -----------------------------------------------------------------
+
+def test_a_server_refusing_a_second_connection_still_gives_the_file(sandbox, server):
+    # One connection works, every further one gets 503: the extra connections give up, their ranges
+    # wait, and the one that works fetches them after its own.
+    blob = os.urandom(16 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 8 * MiB
+    server.faults["/big"] = Fault(status=503, beyond_inflight=1)
+    sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+
+
+def test_range_requests_that_always_fail_end_the_run_within_its_retry_time(sandbox, server, monkeypatch):
+    # The plain GET works, every range request gets 503: connections that used up their retries are not
+    # replaced by fresh ones forever (they were, four times a second).
+    blob = os.urandom(16 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 4 * MiB
+    server.faults["/big"] = Fault(status=503, only_ranges=True)
+    monkeypatch.setenv("MODELSYNC_RETRY_MAX_TIME", "3")
+    sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
+    t0 = time.monotonic()
+    r = sandbox.run("sync")
+    assert r.code == 3, r.err
+    assert time.monotonic() - t0 < 30
+    assert "segments = 1" in r.err and "Traceback" not in r.err
+    assert _installed(sandbox) is None
+
+
+def test_a_record_claiming_ranges_the_file_has_holes_in_is_not_trusted(sandbox, server):
+    blob = os.urandom(16 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 2 * MiB
+    sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
+    assert _killed(sandbox, "download=40").returncode == -signal.SIGKILL
+    [kept] = _partials(sandbox)
+    state = json.loads((kept / "state.json").read_text())
+    assert len(state["ranges"]) > 1  # segments were written apart: the file has holes between them
+    length = (kept / "data").stat().st_size
+    state["ranges"], state["size"] = [[0, length]], length  # within the file's length, over its holes
+    (kept / "state.json").write_text(json.dumps(state))
+    server.rate = None
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob  # never zeros from a hole
+
+
+def test_a_connection_trickling_above_the_speed_floor_hands_its_range_over(sandbox, server):
+    blob = os.urandom(16 * MiB)
+    url = server.add("/big", blob)
+    server.faults["/big"] = Fault(rate=1500, only_ranges=True, times=1)  # above min_speed: never cut
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
+    t0 = time.monotonic()
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    assert time.monotonic() - t0 < 15  # its megabytes would take an hour at 1500 B/s
+
+
+def test_a_download_without_length_that_was_kept_for_a_resume_still_installs(sandbox, server):
+    blob = os.urandom(3 * MiB)
+    url = server.add("/big", blob)
+    server.rate = MiB  # three seconds: long enough to be moved into the partials meanwhile
+    server.faults["/big"] = Fault(no_length=True)
+    sandbox.declare(Model(NAME, url), processor=PROC)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob

@@ -261,3 +261,21 @@ def test_ctrl_c_during_a_segmented_download_stops_every_connection_at_once(sandb
     again = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env())
     assert again.code == 0, again.text
     assert _installed(sandbox) == {"seg.bin": sha256(blob)}
+
+
+def test_ctrl_c_while_every_connection_waits_for_its_answer(sandbox, server):
+    import time
+
+    from httpserver import Fault
+
+    blob = os.urandom(16 * 1024 * 1024)
+    server.add("/seg.bin", blob)
+    server.rate = 1024 * 1024
+    server.faults["/seg.bin"] = Fault(head_delay=30, only_ranges=True)  # range requests get no answer
+    sandbox.declare(Model("seg.bin", server.url("/seg.bin")), processor=PROC,
+                    network="segments = 4\nsegment_from_mib = 1")
+    t0 = time.monotonic()
+    r = run_on_pty(["sync"], cwd=sandbox.project, env=sandbox.env(), interrupt_after=1.5)
+    assert r.code == 130, r.text
+    assert time.monotonic() - t0 < 1.5 + 1.5, "Ctrl-C was not seen while no bytes came"
+    assert _temp_files(sandbox) == [] and _installed(sandbox) == {}

@@ -263,6 +263,7 @@ def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, 
             download = HttpDownload(mirrored, dest, net, meter, expected_sha256, partial, reserve, partials,
                                  feed.tap if feed else None)
             sha, size, final = download.run()
+            dest = download.dest  # moved into the partials if it ran long enough to be kept for a resume
             final = redact(unmirror(final, url, mirrors))
             if expected_sha256 is None and download.total is None:
                 _check_plausible(dest, declared_size, what or redact(url))

@@ -183,6 +183,8 @@ class PartialStore:
                 st = os.fstat(fd)  # the file opened, not the name checked above
                 if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size < state.end():
                     return None
+                if _holes(fd, state.on_disk()):
+                    return None  # a range the record claims was never written (a sparse file's hole)
                 os.ftruncate(fd, state.end())  # bytes after the record may not have reached the disk
             finally:
                 os.close(fd)
@@ -196,6 +198,22 @@ class PartialStore:
             return []
         return [p for p in sorted(self.root.iterdir())
                 if not p.is_symlink() and (_owner(p.name) is None or not pid_alive(_owner(p.name)))]
+
+
+def _holes(fd: int, ranges) -> bool:
+    """Whether a hole lies inside one of ``ranges`` of the open file (SEEK_HOLE; a filesystem without it
+    reports none). Segments are written at their offsets, so a record that claims bytes never written
+    would otherwise resume zeros."""
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if seek_hole is None:
+        return False
+    for start, end in ranges:
+        try:
+            if os.lseek(fd, start, seek_hole) < end:
+                return True
+        except OSError:  # ENXIO: start at or past the end of the file
+            return True
+    return False
 
 
 def _own_file(path: Path) -> bool:

@@ -2,21 +2,28 @@
 being fetched (and by whom) and which wait. Thread-safe; knows nothing of HTTP.
 
 Work stealing: a connection that finds nothing waiting takes the second half of the largest range
-another connection is still fetching (that one stops where its range now ends), so the last
-segment never dominates. The bytes before a job's ``pos`` are claimed by it: a steal never takes
-them, so no byte is written by two connections.
+another connection is still fetching (that one stops where its range now ends). At the end, when no
+range is large enough to halve, a connection far slower than the others (a trickle just above the
+speed floor) hands all it has left to a new one: the last segment never dominates. The bytes before a
+job's ``pos`` are claimed by it: a steal never takes them, so no byte is written by two connections.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 SPLIT_MIN = 2 << 20  # bytes: a range is split for an idle connection only if both halves get this many
 SPLIT_FLOOR = 64 << 10  # ... or, for a file too small to give every connection that, this many
+# The end game: a connection is relieved of its range when it has run this long, is this many times
+# slower than the fastest one seen, and would still need more than TAKEOVER_AFTER seconds.
+TAKEOVER_AFTER = 1.0
+TAKEOVER_SLOWER = 4.0
+MAX_TAKEOVERS = 16  # per file: a server that makes every connection slow is not fought forever
 
 
 def split_min(total: int, connections: int) -> int:
@@ -31,6 +38,17 @@ class Job:
     start: int  # where the request for this job begins
     pos: int  # the next byte this job writes; the bytes before it are claimed
     end: int  # exclusive
+    began: float = field(default_factory=time.monotonic)
+    first: int = -1  # pos when taken (the rate is measured from there)
+    relieved: bool = False  # its rest went to another connection: this one was too slow
+
+    def __post_init__(self) -> None:
+        if self.first < 0:
+            self.first = self.pos
+
+    def rate(self, now: float) -> float:
+        """Bytes per second since the job was taken."""
+        return (self.pos - self.first) / max(now - self.began, 1e-3)
 
 
 class RangeBook:
@@ -48,6 +66,9 @@ class RangeBook:
         self.active: list[Job] = []
         self.waiting: deque[tuple[int, int]] = deque(self.gaps())
         self.written = 0  # bytes written through this book (progress)
+        self.best_rate = 0.0  # bytes/s of the fastest job so far
+        self.began = time.monotonic()
+        self.takeovers = 0
 
     # -- done ranges ---------------------------------------------------------------------------------
     def _add(self, start: int, end: int) -> None:
@@ -92,18 +113,40 @@ class RangeBook:
                 self.active.append(job)
                 return job
             victim = max(self.active, key=lambda j: j.end - j.pos, default=None)
-            if victim is None or victim.end - victim.pos < 2 * self.split_min:
+            if victim is not None and victim.end - victim.pos >= 2 * self.split_min:
+                mid = victim.pos + (victim.end - victim.pos) // 2
+                job = Job(mid, mid, victim.end)
+                victim.end = mid
+                self.active.append(job)
+                return job
+            victim = self._laggard(time.monotonic())
+            if victim is None:
                 return None
-            mid = victim.pos + (victim.end - victim.pos) // 2
-            job = Job(mid, mid, victim.end)
-            victim.end = mid
+            job = Job(victim.pos, victim.pos, victim.end)
+            victim.end, victim.relieved = victim.pos, True
+            self.takeovers += 1
             self.active.append(job)
             return job
+
+    def _laggard(self, now: float) -> Job | None:
+        """The end game's victim: a job far slower than the fastest seen, with seconds of work left."""
+        if self.takeovers >= MAX_TAKEOVERS:
+            return None
+        overall = self.written / max(now - self.began, 1e-3)
+        best = max([self.best_rate, overall] + [j.rate(now) for j in self.active if now - j.began >= TAKEOVER_AFTER])
+        for job in self.active:
+            left = job.end - job.pos
+            rate = job.rate(now)
+            if left > 0 and now - job.began >= TAKEOVER_AFTER and rate * TAKEOVER_SLOWER < best \
+                    and left > rate * TAKEOVER_AFTER:
+                return job
+        return None
 
     def stealable(self) -> bool:
         """A range waits, or an active one is large enough to split for another connection."""
         with self.cond:
-            return bool(self.waiting) or any(j.end - j.pos >= 2 * self.split_min for j in self.active)
+            return (bool(self.waiting) or any(j.end - j.pos >= 2 * self.split_min for j in self.active)
+                    or self._laggard(time.monotonic()) is not None)
 
     def claim(self, job: Job, n: int) -> int:
         """How many of ``n`` bytes arriving at ``job.pos`` belong to the job (its end may have moved);
@@ -131,6 +174,9 @@ class RangeBook:
 
     def finish(self, job: Job) -> None:
         """The job's range is all on disk."""
+        with self.cond:
+            if not job.relieved:
+                self.best_rate = max(self.best_rate, job.rate(time.monotonic()))
         self.give_back(job)
 
     def complete(self) -> bool:

@@ -143,8 +143,8 @@ class SegmentedRun:
     def _more(self) -> bool:
         """Open one more connection if this file wants one, there is work for it and the host has a free
         slot (another download to the same host may have ended meanwhile); True if it did."""
-        if self.stopping or self.live >= self.net.segments or not self.book.stealable():
-            return False
+        if self.stopping or self.gave_up is not None or self.live >= self.net.segments or not self.book.stealable():
+            return False  # a connection that used up its retries is not replaced: the run ends when all have
         if not SLOTS.acquire(self.host, self.net.connections_per_host, wait=False):
             return False
         self._start(None, extra=True)
@@ -160,7 +160,8 @@ class SegmentedRun:
                     book.cond.wait(FOLLOW_WAKE)
                 upto, error, live = book.prefix(), self.error, self.live
                 now_written = book.written
-            if self.meter and now_written > written:
+            if self.meter:
+                # Also when nothing came: a cancelled run's meter raises (Ctrl-C while every connection waits).
                 self.meter.advance(now_written - written)
             written = now_written
             if upto > self.hashed:
@@ -172,7 +173,9 @@ class SegmentedRun:
             if not live:
                 raise NetworkError(f"download of {redact(self.source.url)} failed: every connection gave up "
                                    f"({self.gave_up}). Check the network and run the command again: it resumes "
-                                   "from the bytes fetched so far.", url=redact(self.source.url))
+                                   "from the bytes fetched so far. A server that refuses several connections at "
+                                   "once needs [settings.network] segments = 1 (or MODELSYNC_SEGMENTS=1).",
+                                   url=redact(self.source.url))
             if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                 last_checkpoint = time.monotonic()
                 self._more()
@@ -207,9 +210,11 @@ class SegmentedRun:
                 self._lock.wait()
         for resp in responses:
             resp.abort()
-        # No connection writes from here on (see _write); the threads end at their next read or request.
+        # No connection writes from here on (see _write); the threads end at their next read, or when the
+        # answer they wait for comes (or times out). A short grace for the cut ones, not one per thread.
+        deadline = time.monotonic() + 0.3
         for thread in threads:
-            thread.join(0.5)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- connections ---------------------------------------------------------------------------------
     def _work(self, first: "Response | None", extra: bool, job: Job | None) -> None:
@@ -224,6 +229,8 @@ class SegmentedRun:
                     resp, first = (first, None) if first is not None and job.pos == 0 else (None, first)
                     self._fetch(job, resp)
                     self.book.finish(job)
+                    if job.relieved:
+                        return  # too slow: another connection took its rest, and this one is not reused
                     job = None
                 except Transient as err:
                     self.book.give_back(job)
