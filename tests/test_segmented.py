@@ -438,3 +438,18 @@ def test_a_download_without_length_that_was_kept_for_a_resume_still_installs(san
     r = sandbox.run("sync")
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
+
+
+def test_a_server_slow_to_answer_ranges_does_not_make_connections_churn(sandbox, server):
+    # Each range request waits 1.5 s for its first byte (TLS far away, a CDN): a connection is judged by
+    # its rate from its first byte, so none is handed over before it answers (16 hand-overs, 3-12x
+    # slower, before).
+    blob = os.urandom(24 * MiB)
+    url = server.add("/big", blob)
+    server.rate = 8 * MiB  # the plain GET: the range requests arrive while it is under way
+    server.faults["/big"] = Fault(head_delay=1.5, only_ranges=True)
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    assert server.count("/big") <= 8, server.count("/big")  # 1 GET + 3 ranges, and a few steals at most

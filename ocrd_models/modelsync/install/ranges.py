@@ -21,8 +21,9 @@ SPLIT_MIN = 2 << 20  # bytes: a range is split for an idle connection only if bo
 SPLIT_FLOOR = 64 << 10  # ... or, for a file too small to give every connection that, this many
 # The end game: a connection is relieved of its range when it has run this long, is this many times
 # slower than the fastest one seen, and would still need more than TAKEOVER_AFTER seconds.
-TAKEOVER_AFTER = 1.0
+TAKEOVER_AFTER = 1.0  # seconds since the job's first byte (a slow answer is not a slow connection)
 TAKEOVER_SLOWER = 4.0
+NO_ANSWER_AFTER = 10.0  # seconds: a job whose request got no byte at all by then is taken over too
 MAX_TAKEOVERS = 16  # per file: a server that makes every connection slow is not fought forever
 
 
@@ -38,17 +39,20 @@ class Job:
     start: int  # where the request for this job begins
     pos: int  # the next byte this job writes; the bytes before it are claimed
     end: int  # exclusive
-    began: float = field(default_factory=time.monotonic)
-    first: int = -1  # pos when taken (the rate is measured from there)
+    taken: float = field(default_factory=time.monotonic)
+    began: float | None = None  # when its first byte came (the rate is measured from there)
+    first: int = -1  # pos then
     relieved: bool = False  # its rest went to another connection: this one was too slow
 
-    def __post_init__(self) -> None:
-        if self.first < 0:
-            self.first = self.pos
-
     def rate(self, now: float) -> float:
-        """Bytes per second since the job was taken."""
+        """Bytes per second since the job's first byte (0 before it)."""
+        if self.began is None:
+            return 0.0
         return (self.pos - self.first) / max(now - self.began, 1e-3)
+
+    def measured(self, now: float) -> bool:
+        """Its rate means something: it has run TAKEOVER_AFTER seconds since its first byte."""
+        return self.began is not None and now - self.began >= TAKEOVER_AFTER
 
 
 class RangeBook:
@@ -67,7 +71,6 @@ class RangeBook:
         self.waiting: deque[tuple[int, int]] = deque(self.gaps())
         self.written = 0  # bytes written through this book (progress)
         self.best_rate = 0.0  # bytes/s of the fastest job so far
-        self.began = time.monotonic()
         self.takeovers = 0
 
     # -- done ranges ---------------------------------------------------------------------------------
@@ -132,13 +135,17 @@ class RangeBook:
         """The end game's victim: a job far slower than the fastest seen, with seconds of work left."""
         if self.takeovers >= MAX_TAKEOVERS:
             return None
-        overall = self.written / max(now - self.began, 1e-3)
-        best = max([self.best_rate, overall] + [j.rate(now) for j in self.active if now - j.began >= TAKEOVER_AFTER])
+        best = max([self.best_rate] + [j.rate(now) for j in self.active if j.measured(now)])
         for job in self.active:
             left = job.end - job.pos
+            if left <= 0:
+                continue
+            if job.began is None:
+                if now - job.taken >= NO_ANSWER_AFTER and best > 0:
+                    return job  # its request got no answer while others delivered
+                continue
             rate = job.rate(now)
-            if left > 0 and now - job.began >= TAKEOVER_AFTER and rate * TAKEOVER_SLOWER < best \
-                    and left > rate * TAKEOVER_AFTER:
+            if job.measured(now) and rate * TAKEOVER_SLOWER < best and left > rate * TAKEOVER_AFTER:
                 return job
         return None
 
@@ -152,6 +159,8 @@ class RangeBook:
         """How many of ``n`` bytes arriving at ``job.pos`` belong to the job (its end may have moved);
         those are claimed (``pos`` moves past them) before they are written."""
         with self.cond:
+            if job.began is None:
+                job.began, job.first = time.monotonic(), job.pos
             n = max(0, min(n, job.end - job.pos))
             job.pos += n
             return n
