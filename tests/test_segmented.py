@@ -81,12 +81,22 @@ def _killed(sandbox, failpoint: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_a_large_file_comes_over_several_connections_byte_for_byte(sandbox, server):
-    blob = os.urandom(24 * MiB)
+def _sync_big(sandbox, server, mib: int, *, fault: Fault | None = None, rate: int | None = None,
+              pin: bool = False, network: str = SEGMENTED) -> tuple[bytes, object]:
+    """Serve ``mib`` MiB of random bytes at /big (with ``fault``, at ``rate`` per response), declare them
+    (pinned if ``pin``) and sync: (the bytes, the run's result)."""
+    blob = os.urandom(mib * MiB)
     url = server.add("/big", blob)
-    server.rate = 8 * MiB  # per response: several connections at once are faster than one
-    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
-    r = sandbox.run("sync")
+    server.rate = rate
+    if fault is not None:
+        server.faults["/big"] = fault
+    sandbox.declare(Model(NAME, url, sha256=sha256(blob) if pin else None), processor=PROC, network=network)
+    return blob, sandbox.run("sync")
+
+
+def test_a_large_file_comes_over_several_connections_byte_for_byte(sandbox, server):
+    # 8 MiB/s per response: several connections at once are faster than one
+    blob, r = _sync_big(sandbox, server, 24, rate=8 * MiB, pin=True)
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
     assert server.max_inflight >= 2  # the connections overlapped
@@ -146,11 +156,8 @@ def test_a_file_that_changes_during_a_segmented_download_is_never_mixed(sandbox,
 
 
 def test_connections_that_drop_at_random_still_give_the_right_bytes(sandbox, server):
-    blob = os.urandom(16 * MiB)
-    url = server.add("/big", blob)
-    server.faults["/big"] = Fault(reset_at=700_000, times=6)  # the first six requests break mid-body
-    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
-    r = sandbox.run("sync")
+    # The first six requests break mid-body.
+    blob, r = _sync_big(sandbox, server, 16, fault=Fault(reset_at=700_000, times=6), pin=True)
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
 
@@ -214,14 +221,19 @@ def _gaps(done, total: int) -> list[tuple[int, int]]:
     return out + ([(pos, total)] if pos < total else [])
 
 
-def test_a_tampered_range_record_is_not_trusted(sandbox, server):
-    blob = os.urandom(12 * MiB)
+def _kept_after_a_kill(sandbox, server, mib: int) -> tuple[bytes, Path, dict]:
+    """A segmented download of ``mib`` MiB SIGKILLed a few MiB in: (the bytes, its partial, its record)."""
+    blob = os.urandom(mib * MiB)
     url = server.add("/big", blob)
     server.rate = 2 * MiB
     sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
     assert _killed(sandbox, "download=40").returncode == -signal.SIGKILL
     [kept] = _partials(sandbox)
-    state = json.loads((kept / "state.json").read_text())
+    return blob, kept, json.loads((kept / "state.json").read_text())
+
+
+def test_a_tampered_range_record_is_not_trusted(sandbox, server):
+    blob, kept, state = _kept_after_a_kill(sandbox, server, 12)
     state["ranges"] = [[0, len(blob)]]  # claims every byte (holes of zeros would be installed)
     state["size"] = len(blob)
     (kept / "state.json").write_text(json.dumps(state))
@@ -372,12 +384,7 @@ def test_a_disk_that_fills_during_a_segmented_download_keeps_nothing_and_converg
 def test_a_server_refusing_a_second_connection_still_gives_the_file(sandbox, server):
     # One connection works, every further one gets 503: the extra connections give up, their ranges
     # wait, and the one that works fetches them after its own.
-    blob = os.urandom(16 * MiB)
-    url = server.add("/big", blob)
-    server.rate = 8 * MiB
-    server.faults["/big"] = Fault(status=503, beyond_inflight=1)
-    sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
-    r = sandbox.run("sync")
+    blob, r = _sync_big(sandbox, server, 16, fault=Fault(status=503, beyond_inflight=1), rate=8 * MiB)
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
 
@@ -400,13 +407,7 @@ def test_range_requests_that_always_fail_end_the_run_within_its_retry_time(sandb
 
 
 def test_a_record_claiming_ranges_the_file_has_holes_in_is_not_trusted(sandbox, server):
-    blob = os.urandom(16 * MiB)
-    url = server.add("/big", blob)
-    server.rate = 2 * MiB
-    sandbox.declare(Model(NAME, url), processor=PROC, network=SEGMENTED)
-    assert _killed(sandbox, "download=40").returncode == -signal.SIGKILL
-    [kept] = _partials(sandbox)
-    state = json.loads((kept / "state.json").read_text())
+    blob, kept, state = _kept_after_a_kill(sandbox, server, 16)
     assert len(state["ranges"]) > 1  # segments were written apart: the file has holes between them
     length = (kept / "data").stat().st_size
     state["ranges"], state["size"] = [[0, length]], length  # within the file's length, over its holes
@@ -418,12 +419,9 @@ def test_a_record_claiming_ranges_the_file_has_holes_in_is_not_trusted(sandbox, 
 
 
 def test_a_connection_trickling_above_the_speed_floor_hands_its_range_over(sandbox, server):
-    blob = os.urandom(16 * MiB)
-    url = server.add("/big", blob)
-    server.faults["/big"] = Fault(rate=1500, only_ranges=True, times=1)  # above min_speed: never cut
-    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
+    # One range request trickles at 1500 B/s, above min_speed: never cut.
     t0 = time.monotonic()
-    r = sandbox.run("sync")
+    blob, r = _sync_big(sandbox, server, 16, fault=Fault(rate=1500, only_ranges=True, times=1), pin=True)
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
     assert time.monotonic() - t0 < 15  # its megabytes would take an hour at 1500 B/s
@@ -444,12 +442,9 @@ def test_a_server_slow_to_answer_ranges_does_not_make_connections_churn(sandbox,
     # Each range request waits 1.5 s for its first byte (TLS far away, a CDN): a connection is judged by
     # its rate from its first byte, so none is handed over before it answers (16 hand-overs, 3-12x
     # slower, before).
-    blob = os.urandom(24 * MiB)
-    url = server.add("/big", blob)
-    server.rate = 8 * MiB  # the plain GET: the range requests arrive while it is under way
-    server.faults["/big"] = Fault(head_delay=1.5, only_ranges=True)
-    sandbox.declare(Model(NAME, url, sha256=sha256(blob)), processor=PROC, network=SEGMENTED)
-    r = sandbox.run("sync")
+    # The plain GET at 8 MiB/s: the range requests arrive while it is under way.
+    blob, r = _sync_big(sandbox, server, 24, fault=Fault(head_delay=1.5, only_ranges=True), rate=8 * MiB,
+                        pin=True)
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
     assert server.count("/big") <= 8, server.count("/big")  # 1 GET + 3 ranges, and a few steals at most
