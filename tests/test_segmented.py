@@ -448,3 +448,16 @@ def test_a_server_slow_to_answer_ranges_does_not_make_connections_churn(sandbox,
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
     assert server.count("/big") <= 8, server.count("/big")  # 1 GET + 3 ranges, and a few steals at most
+
+
+def test_a_server_without_a_validator_gets_one_connection(sandbox, raw):
+    # Accept-Ranges and a length, but neither ETag nor Last-Modified: nothing could guard a range, so
+    # the file comes over the one plain GET.
+    blob = os.urandom(3 * MiB)
+    server = raw(lambda request: [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nAccept-Ranges: bytes\r\n\r\n"
+                                  % len(blob), blob])
+    sandbox.declare(Model(NAME, server.url("/big")), processor=PROC, network=SEGMENTED)
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    assert len(server.requests) == 1 and "range" not in {k.lower() for k in server.requests[0].headers}
