@@ -461,3 +461,20 @@ def test_a_server_without_a_validator_gets_one_connection(sandbox, raw):
     assert r.code == 0, r.err
     assert _installed(sandbox) == blob
     assert len(server.requests) == 1 and "range" not in {k.lower() for k in server.requests[0].headers}
+
+
+def test_a_record_whose_first_range_is_not_at_byte_0_resumes(sandbox, server):
+    # A connection far into the file may have written before the one at byte 0 did: the record then
+    # holds ranges but no gap-free start (claiming less than is on disk is always safe to resume).
+    blob, kept, state = _kept_after_a_kill(sandbox, server, 16)
+    later = [r for r in state["ranges"] if r[0] > 0]
+    assert later
+    state["ranges"], state["size"] = later, 0
+    (kept / "state.json").write_text(json.dumps(state))
+    server.rate = None
+    server.headers_seen.clear()
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    asked = _asked(server, "/big")
+    assert asked and all(end <= s or start >= e for start, end in asked for s, e in later)

@@ -126,8 +126,13 @@ class HttpDownload(SegmentedDownload):
         self.hash = stream_hasher(self.total)
         try:
             with open(self.dest, "rb", buffering=0) as fin:
-                while self.hash_from(fin) < self.size:
-                    pass
+                hashed = 0  # the gap-free start only (0 bytes when the record's first range is further on)
+                while hashed < self.size:
+                    chunk = fin.read(min(CHUNK, self.size - hashed))
+                    if not chunk:
+                        raise OSError(f"the kept download is shorter than its record ({hashed} of {self.size} bytes)")
+                    self.hash.update(chunk)
+                    hashed += len(chunk)
         except OSError as err:
             raise filesystem_error(err, self.dest, "read") from None
         if self.tap is not None:
@@ -136,15 +141,6 @@ class HttpDownload(SegmentedDownload):
         if self.meter:
             self.meter.total(self.total)
             self.meter.advance(self.resumed)
-
-    def hash_from(self, fin) -> int:
-        """Hash the next chunk of the resumed prefix; return how far it is hashed."""
-        done = fin.tell()
-        chunk = fin.read(min(CHUNK, self.size - done))
-        if not chunk:
-            raise OSError(f"the kept download is shorter than its record ({done} of {self.size} bytes)")
-        self.hash.update(chunk)
-        return done + len(chunk)
 
     def _record(self, fd: int | None) -> None:
         """Write the partial's state (the data flushed first): what an ended process leaves to resume from."""
@@ -391,14 +387,8 @@ class HttpDownload(SegmentedDownload):
                             "file changed); starting over on one connection", restart=True)
         if resp.status != 206:
             self._refuse_status(resp)
-        length = self._content_length(resp)
-        m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range") or "")
-        if m is None or tuple(int(g) for g in m.groups()) != (start, end - 1, self.total):
-            problem = "another range than the one asked for"
-        elif length is not None and length != end - start:
-            problem = "a Content-Length that disagrees with its Content-Range"
-        else:
-            problem = self._validator_problem(resp, self._if_range())
+        problem, _ = self._partial_problem(resp, self._content_length(resp), start, end - 1, self.total,
+                                           self._if_range())
         if problem is not None:
             raise Transient(f"the server's partial response has {problem}; starting over on one connection",
                             restart=True)
@@ -418,32 +408,33 @@ class HttpDownload(SegmentedDownload):
 
     def _check_partial(self, resp, length: int | None) -> None:
         """A 206 continues our bytes only if it is exactly the rest of the same file; else start over."""
-        header = resp.headers.get("Content-Range") or ""
-        m = _CONTENT_RANGE.fullmatch(header)
-        if m is None:
-            problem = "a malformed Content-Range"
-        else:
-            start, end, total = (int(g) for g in m.groups())
-            problem = self._range_problem(start, end, total, length)
-            if problem is None:
-                problem = self._validator_problem(resp, self.sent)
+        problem, total = self._partial_problem(resp, length, self.size, None, self.total if self.size else None,
+                                               self.sent)
         if problem is not None:
             raise Transient(f"the server's partial response has {problem}; starting over", restart=True)
         if self.total is None:
             self.total = total  # a 206 from byte 0 (as good as a 200), or the first length we learn
 
-    def _range_problem(self, start: int, end: int, total: int, length: int | None) -> str | None:
-        if start != self.size:
-            return f"a range starting at byte {start}, not {self.size}"
-        if not start <= end < total:
-            return "an impossible range"
-        if end != total - 1:
-            return "a range that stops before the end"
-        if self.size and self.total is not None and total != self.total:
-            return f"a total of {total} bytes where the first response had {self.total}"
-        if length is not None and length != end - start + 1:
-            return "a Content-Length that disagrees with its Content-Range"
-        return None
+    def _partial_problem(self, resp, length: int | None, start: int, last: int | None, total: int | None,
+                         sent: tuple[str, str] | None) -> tuple[str | None, int]:
+        """What keeps a 206 from being exactly the bytes ``start``..``last`` (inclusive; None: to the end)
+        of a file of ``total`` bytes (None: not known yet), guarded by the validator ``sent``; and the
+        total it names. One rule for resumes and segments."""
+        m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range") or "")
+        if m is None:
+            return "a malformed Content-Range", 0
+        got_start, got_last, got_total = (int(g) for g in m.groups())
+        if got_start != start:
+            return f"a range starting at byte {got_start}, not {start}", got_total
+        if not got_start <= got_last < got_total:
+            return "an impossible range", got_total
+        if got_last != (got_total - 1 if last is None else last):
+            return f"a range that ends at byte {got_last}, not where it was asked to", got_total
+        if total is not None and got_total != total:
+            return f"a total of {got_total} bytes where the first response had {total}", got_total
+        if length is not None and length != got_last - got_start + 1:
+            return "a Content-Length that disagrees with its Content-Range", got_total
+        return self._validator_problem(resp, sent), got_total
 
     @staticmethod
     def _validator_problem(resp, sent: tuple[str, str] | None) -> str | None:
