@@ -38,7 +38,6 @@ class Fetched:
     sha256: str
     size: int
     fetched_url: str  # after mirrors and redirects, credentials removed
-    streamed: bool = False  # the consumer (see fetch) ran to its end over exactly these bytes
 
 
 def apply_mirrors(url: str, mirrors: dict[str, str]) -> str:
@@ -145,9 +144,10 @@ def fetch(url: str, directory: Path, *, mirrors: dict[str, str] | None = None, b
 
     ``consumer`` (http(s) only) is called on a thread of its own with a :class:`.growing.GrowingFile`
     that yields the file's bytes in order while they arrive (an archive unpacking during its download);
-    fetch returns only after it returned. Its bytes are the verified file's only if the returned
-    ``Fetched.streamed`` is True (it ran to its end, the stream never broke off, and the file verified);
-    what it raised is not raised here (the caller redoes its work from the file and meets it there).
+    fetch returns only after it returned. What it read is the verified file only if the stream is
+    :attr:`.growing.GrowingFile.complete` afterwards (it ends only after the file verified, and breaks off
+    when the download starts over or fails); what it raised is not raised here (the caller redoes its
+    work from the file and meets it there).
 
     Raises NetworkError, ChecksumMismatch, InstallError (an OS error writing ``directory``, via
     :func:`errors.filesystem_error`) or UserInputError (a missing local file, a malformed URL).
@@ -203,26 +203,23 @@ class _Feed:
 
         self.tap = GrowingFile(os.open(dest, os.O_RDONLY))  # the inode: a move into partial/ keeps it
         self.error: BaseException | None = None
-        self.done = False
         self._thread = threading.Thread(target=self._run, args=(consumer,), name="modelsync-unpack", daemon=True)
         self._thread.start()
 
     def _run(self, consumer: Callable[[GrowingFile], object]) -> None:
         try:
             consumer(self.tap)
-            self.done = True
         except BaseException as err:  # noqa: BLE001 - handed to the caller as "not streamed"
             self.error = err
         finally:
             self.tap.close()
 
-    def finish(self) -> bool:
-        """The download verified: let the consumer read to the end; True when it ran over these bytes."""
+    def finish(self) -> None:
+        """The download verified: let the consumer read to the end, and wait for it."""
         self.tap.end()
         self._thread.join()
         if self.error is not None and not isinstance(self.error, StreamBroken):
             log.debug("unpacking during the download failed (%s); unpacking from the file", self.error)
-        return self.done and not self.tap.broken
 
     def abandon(self) -> None:
         """The download failed or was interrupted: the consumer stops at its next read."""
@@ -271,14 +268,15 @@ def _fetch_once(url: str, directory: Path, src: Path | None, mirrors: dict[str, 
         if download is not None and download.resumed and expected_sha256 not in (None, sha):
             raise _ResumedWrong()
         _check(expected_sha256, sha, what or redact(url), dest, url)
-        streamed = feed.finish() if feed is not None else False
+        if feed is not None:
+            feed.finish()
         partial = download.partial if download is not None else None
         if partial is not None:  # verified: out of the partials, to a temp name the caller moves on
             done = temp_name(directory, what or Path(urlsplit(url).path).name)
             os.replace(partial.data, done)
             partial.discard()
             dest = done
-        return Fetched(dest, sha, size, final, streamed)
+        return Fetched(dest, sha, size, final)
     except BaseException as err:
         if feed is not None:
             feed.abandon()

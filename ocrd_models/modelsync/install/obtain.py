@@ -204,7 +204,7 @@ def _unpacked(req: Request, cache: Cache, f: Fetcher, unpack_dir: Path, label: s
     """The archive's blob (as :func:`obtain_blob`) and its tree in ``unpack_dir``, with the hashes of the
     files written. A tar archive downloading from its origin is unpacked while it arrives (a second
     thread reads the bytes in order); what that made counts only if the download verified over exactly
-    those bytes (``Fetched.streamed``), else the archive is unpacked from the verified file."""
+    those bytes (the stream is then ``complete``), else the archive is unpacked from the verified file."""
     streamed: dict[str, object] = {}
 
     def unpack_while_downloading(stream: GrowingFile) -> None:

@@ -4,9 +4,10 @@ A download that stops before it is complete (its retries used up, Ctrl-C, SIGKIL
 leaves its bytes and a small state record in the cache, under ``partial/<key>.<pid>/`` (``data``
 and ``state.json``): the URL as fetched, the server's validator (a strong ``ETag``, or a
 ``Last-Modified`` the server's clock vouches for), the file's total size and the byte ranges on
-disk (a segmented download leaves several). The next download of the same URL (and expected digest) in any process claims it and asks
-only for the rest, with ``If-Range``: a server whose file changed answers with the whole new file,
-so old and new bytes are never mixed, and the final SHA-256 check still decides.
+disk (a segmented download leaves several). The next download of the same URL (and expected
+digest) in any process claims it and asks only for the missing ranges, with ``If-Range``: a server
+whose file changed answers with the whole new file, so old and new bytes are never mixed, and the
+final SHA-256 check still decides.
 
 Ownership needs no lock (flock does nothing on NFS): the owner's pid is part of the directory's
 name; a process claims a partial whose owner is gone by renaming it to its own pid, which only one

@@ -36,7 +36,6 @@ def split_min(total: int, connections: int) -> int:
 class Job:
     """One connection's range: ``[pos, end)`` is still to come (``end`` may be lowered by a steal)."""
 
-    start: int  # where the request for this job begins
     pos: int  # the next byte this job writes; the bytes before it are claimed
     end: int  # exclusive
     taken: float = field(default_factory=time.monotonic)
@@ -112,20 +111,20 @@ class RangeBook:
         with self.cond:
             if self.waiting:
                 start, end = self.waiting.popleft()
-                job = Job(start, start, end)
+                job = Job(start, end)
                 self.active.append(job)
                 return job
             victim = max(self.active, key=lambda j: j.end - j.pos, default=None)
             if victim is not None and victim.end - victim.pos >= 2 * self.split_min:
                 mid = victim.pos + (victim.end - victim.pos) // 2
-                job = Job(mid, mid, victim.end)
+                job = Job(mid, victim.end)
                 victim.end = mid
                 self.active.append(job)
                 return job
             victim = self._laggard(time.monotonic())
             if victim is None:
                 return None
-            job = Job(victim.pos, victim.pos, victim.end)
+            job = Job(victim.pos, victim.end)
             victim.end, victim.relieved = victim.pos, True
             self.takeovers += 1
             self.active.append(job)
@@ -187,7 +186,3 @@ class RangeBook:
             if not job.relieved:
                 self.best_rate = max(self.best_rate, job.rate(time.monotonic()))
         self.give_back(job)
-
-    def complete(self) -> bool:
-        """Every byte is on disk."""
-        return self.prefix() == self.total

@@ -71,11 +71,6 @@ class HostSlots:
                 self._used.pop(host, None)
             self._cond.notify_all()
 
-    def in_use(self, host: str) -> int:
-        """Connections to ``host`` now (for tests and logs)."""
-        with self._cond:
-            return self._used.get(host, 0)
-
 
 SLOTS = HostSlots()
 
@@ -278,7 +273,6 @@ class SegmentedRun:
         try:
             if resp is None:
                 resp = self.source.open_segment(job.pos, job.end)
-                job.start = job.pos
             else:
                 requested_end = self.book.total
         except urllib3.exceptions.HTTPError as err:
