@@ -122,7 +122,7 @@ def test_segmented_and_single_stream_install_the_same_bytes(sandbox, server, tmp
     assert segmented == _installed(sandbox, "single.mlmodel") == blob
 
 
-def test_small_files_and_servers_without_ranges_use_one_connection(sandbox, server):
+def test_files_below_the_threshold_use_one_connection(sandbox, server):
     blob = os.urandom(3 * MiB)
     url = server.add("/big", blob)
     sandbox.declare(Model(NAME, url), processor=PROC, network="segments = 4\nsegment_from_mib = 8")

@@ -222,7 +222,10 @@ def _unpacked(req: Request, cache: Cache, f: Fetcher, unpack_dir: Path, label: s
         return blob, sha, size, fetched_url, downloaded, streamed["known"]
     if "hasher" in streamed:  # begun while downloading and not usable: start from an empty directory
         remove_path(unpack_dir)
-        unpack_dir.mkdir(parents=True)
+        try:
+            unpack_dir.mkdir(parents=True)
+        except OSError as err:
+            raise filesystem_error(err, unpack_dir.parent, "create the unpacking directory") from None
     hasher = FileHasher()
     try:
         extract(blob, unpack_dir, label, f.limits, hasher)

@@ -345,20 +345,24 @@ class SegmentedDownload:
     several connections: when it is worth it, and the hand-over of its state to a :class:`SegmentedRun`
     and back. The download is this run's :class:`SegmentSource`."""
 
-    def _segment_worthy(self, remaining: int) -> bool:
-        return (self.segmentable and self.total is not None and self._if_range() is not None
-                and remaining >= self.net.segment_from_mib * (1 << 20))
+    def _can_segment(self) -> bool:
+        """Segments are allowed (on, and never broken by this server) and could be guarded: a known length
+        and a strong validator."""
+        return self.segmentable and self.total is not None and self._if_range() is not None
+
+    def _worth_segments(self, remaining: int) -> bool:
+        return remaining >= self.net.segment_from_mib * (1 << 20)
 
     def _may_segment(self, resp) -> bool:
         """A fresh 200 that may become the first of several connections (see :mod:`.segmented`)."""
         accepts = (resp.headers.get("Accept-Ranges") or "").lower()
-        return self.size == 0 and "bytes" in accepts.split(",") and self._segment_worthy(self.total or 0)
+        return (self.size == 0 and "bytes" in accepts.split(",") and self._can_segment()
+                and self._worth_segments(self.total))
 
     def _may_resume_segmented(self) -> bool:
         """Kept bytes with gaps (only segments fill them), or enough left to be worth several connections."""
-        gaps = len(self.ranges) > 1 or (self.ranges and self.ranges[0][0] != 0)
-        return (gaps or self.total is not None and self._segment_worthy(self.total - self._have())) and \
-            self._segment_worthy(self.net.segment_from_mib * (1 << 20))
+        gaps = len(self.ranges) > 1 or bool(self.ranges and self.ranges[0][0] != 0)
+        return self._can_segment() and (gaps or self._worth_segments(self.total - self._have()))
 
     def _segmented(self, first) -> bool:
         """Fetch what is missing over several connections (``first``: the fresh 200 that becomes one)."""
