@@ -478,3 +478,10 @@ def test_a_record_whose_first_range_is_not_at_byte_0_resumes(sandbox, server):
     assert _installed(sandbox) == blob
     asked = _asked(server, "/big")
     assert asked and all(end <= s or start >= e for start, end in asked for s, e in later)
+
+
+def test_modelsync_segments_1_overrides_the_setting(sandbox, server, monkeypatch):
+    monkeypatch.setenv("MODELSYNC_SEGMENTS", "1")
+    blob, r = _sync_big(sandbox, server, 8)
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob and _asked(server, "/big") == []

@@ -266,8 +266,8 @@ class Environment:
         return bool(self.vars.get("MODELSYNC_DEBUG"))
 
     def network_overrides(self) -> dict[str, float]:
-        """``$MODELSYNC_RETRIES``, ``_BACKOFF``, ``_RETRY_MAX_TIME``, ``_CONNECT_TIMEOUT``, ``_READ_TIMEOUT``, ``_SEGMENTS`` that
-        are set, by the name of the ``[settings.network]`` field they override."""
+        """``$MODELSYNC_RETRIES``, ``_BACKOFF``, ``_RETRY_MAX_TIME``, ``_CONNECT_TIMEOUT``, ``_READ_TIMEOUT``,
+        ``_SEGMENTS`` that are set, by the name of the ``[settings.network]`` field they override."""
         out = {}
         for field_name, var in NETWORK_VARIABLES.items():
             value = self.number(var)

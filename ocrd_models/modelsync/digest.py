@@ -178,9 +178,7 @@ class PipelinedSha256:
         """The same hash going on on the caller's thread (every queued byte hashed first): for a caller that
         reads its bytes back from a file and may hand over reused buffers."""
         self.close()
-        inline = InlineSha256()
-        inline._h = self._h
-        return inline
+        return InlineSha256(self._h)
 
 
 class InlineSha256:
@@ -190,8 +188,8 @@ class InlineSha256:
     several of them run in parallel anyway.
     """
 
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
+    def __init__(self, state=None) -> None:
+        self._h = state if state is not None else hashlib.sha256()  # state: a hashlib object to go on with
 
     def update(self, data: bytes) -> None:
         """Hash ``data`` now."""

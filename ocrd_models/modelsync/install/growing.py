@@ -54,11 +54,6 @@ class GrowingFile(io.RawIOBase):
             self._cond.notify_all()
 
     @property
-    def broken(self) -> bool:
-        """The bytes given out were (or may be) not the file's."""
-        return self._broken is not None
-
-    @property
     def complete(self) -> bool:
         """The download ended and verified, and never broke off: what was read is the file."""
         with self._cond:
