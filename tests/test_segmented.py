@@ -176,6 +176,21 @@ def test_a_stalled_connection_is_replaced_not_waited_for(sandbox, server, monkey
     assert time.monotonic() - t0 < 15
 
 
+def _resume_asking(sandbox, server, blob: bytes, kept) -> list[tuple[int, int]]:
+    """Sync again at full speed: the kept download is resumed into ``blob``, and none of the ranges the
+    server was asked for overlaps one of ``kept`` (on disk already). Returns the ranges asked for."""
+    server.rate = None
+    server.headers_seen.clear()
+    r = sandbox.run("sync")
+    assert r.code == 0, r.err
+    assert _installed(sandbox) == blob
+    asked = _asked(server, "/big")
+    assert asked
+    for start, end in asked:
+        assert all(end <= s or start >= e for s, e in kept), (start, end, kept)
+    return asked
+
+
 def test_a_killed_segmented_download_resumes_asking_only_for_the_missing_ranges(sandbox, server):
     blob = os.urandom(24 * MiB)
     url = server.add("/big", blob)
@@ -189,15 +204,8 @@ def test_a_killed_segmented_download_resumes_asking_only_for_the_missing_ranges(
     have = sum(e - s for s, e in done)
     assert 0 < have < len(blob) and state["total"] == len(blob)
 
-    server.rate = None
-    server.headers_seen.clear()
-    r = sandbox.run("sync")
-    assert r.code == 0, r.err
-    assert _installed(sandbox) == blob
-    asked = _asked(server, "/big")
-    assert asked and all("Range" in h for h in _requests(server, "/big"))  # no request from byte 0
-    for start, end in asked:  # nothing the first process had on disk was asked for again
-        assert all(end <= s or start >= e for s, e in done), (start, end, done)
+    asked = _resume_asking(sandbox, server, blob, done)
+    assert all("Range" in h for h in _requests(server, "/big"))  # no request from byte 0
     assert _union(asked) == _union(_gaps(done, len(blob)))  # and everything else was
     assert _partials(sandbox) == []
 
@@ -471,13 +479,7 @@ def test_a_record_whose_first_range_is_not_at_byte_0_resumes(sandbox, server):
     assert later
     state["ranges"], state["size"] = later, 0
     (kept / "state.json").write_text(json.dumps(state))
-    server.rate = None
-    server.headers_seen.clear()
-    r = sandbox.run("sync")
-    assert r.code == 0, r.err
-    assert _installed(sandbox) == blob
-    asked = _asked(server, "/big")
-    assert asked and all(end <= s or start >= e for start, end in asked for s, e in later)
+    _resume_asking(sandbox, server, blob, later)
 
 
 def test_modelsync_segments_1_overrides_the_setting(sandbox, server, monkeypatch):
